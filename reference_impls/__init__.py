@@ -5,41 +5,29 @@ Example:
     >>> model = timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=100)
     >>> ri.apply(model, "lora", r=8)  # doctest: +SKIP
 
-The method files live in the subpackage `reference_impls.methods`; after import, the package
-attribute `methods` is the function listing the registered names (`ri.methods()`).
+The method files live in `reference_impls.methods`, one file per method; method authors import
+from `reference_impls.authoring`.
 """
 
 from . import methods as _method_modules  # noqa: F401  (importing registers every method)
-from .core import (
-    MergeableWrapper,
-    MethodSpec,
-    Wrapper,
-    adapter_parameter_names,
-    apply,
-    get_config_class,
-    is_merged,
-    load_adapter,
-    mark_trainable,
-    merge,
-    methods,
-    register,
-    save_adapter,
-    trainable_parameters,
-    unmerge,
-)
+from .adapter_files import load_adapter, save_adapter
+from .api import adapter_parameter_names, apply, is_merged, mark_trainable, merge, prepare, trainable_parameters, unmerge
+from .registry import MethodConfig, MethodSpec, build_config, get_config_class, get_spec, list_methods, register
 
 __all__ = [
-    "MergeableWrapper",
+    "MethodConfig",
     "MethodSpec",
-    "Wrapper",
     "adapter_parameter_names",
     "apply",
+    "build_config",
     "get_config_class",
+    "get_spec",
     "is_merged",
+    "list_methods",
     "load_adapter",
     "mark_trainable",
     "merge",
-    "methods",
+    "prepare",
     "register",
     "save_adapter",
     "trainable_parameters",

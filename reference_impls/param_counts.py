@@ -11,7 +11,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any
 
 import timm
 
-from . import core
+from . import api, registry
 
 BACKBONE = "vit_base_patch16_224"
 NUM_CLASSES = 100  # a VTAB-1k-sized head (CIFAR-100); the head is counted apart
@@ -41,18 +40,18 @@ EXTRA_CONFIGS: dict[str, list[dict[str, Any]]] = {
 
 def describe(name: str, kwargs: dict[str, Any]) -> str:
     """The full configuration as text: every field, defaults included."""
-    config = core.build_config(name, dict(kwargs))
-    fields = [f"{f.name}={getattr(config, f.name)!r}" for f in dataclasses.fields(config)]
+    config = registry.build_config(name, dict(kwargs))
+    fields = [f"{field}={getattr(config, field)!r}" for field in type(config).model_fields]
     return ", ".join(fields) if fields else "(no options)"
 
 
 def count(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     """Trainable parameters of one configuration on ViT-B/16 (shapes only, on the meta device)."""
     model = timm.create_model(BACKBONE, pretrained=False, num_classes=NUM_CLASSES, device="meta")
-    core.apply(model, name, **kwargs)
+    api.apply(model, name, **kwargs)
     head = sum(p.numel() for n, p in model.named_parameters()
                if n.startswith(("head.", "head_dist.")) and p.requires_grad)
-    trainable = core.trainable_parameters(model)
+    trainable = api.trainable_parameters(model)
     return {"config": describe(name, kwargs), "trainable": trainable, "head": head,
             "method": trainable - head}
 
@@ -60,7 +59,7 @@ def count(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
 def compute() -> dict[str, list[dict[str, Any]]]:
     """Counts of every registered method: its defaults, then its extra configurations."""
     return {name: [count(name, kwargs) for kwargs in [{}] + EXTRA_CONFIGS.get(name, [])]
-            for name in core.methods()}
+            for name in registry.list_methods()}
 
 
 def render(counts: dict[str, list[dict[str, Any]]]) -> str:

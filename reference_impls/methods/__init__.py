@@ -1,7 +1,9 @@
-"""One module per method; importing this package registers all of them."""
+"""One module per method. Every module of this package is imported (and so registers its method)
+when the package is: a new method file needs no line here."""
 
-from . import bitfit, dora, full, ia3, linear, ln_tuning, lora, partial_k, vpt  # noqa: F401
-from . import glora, lst, noah, side_tuning  # noqa: F401
-from . import ssf, vera  # noqa: F401
-from . import adapter, adaptformer, convpass, prefix_tuning, visual_prompting  # noqa: F401
-from . import fact, kadaptation, repadapter  # noqa: F401
+import importlib
+import pkgutil
+
+for _module in pkgutil.iter_modules(__path__):
+    if not _module.name.startswith("_"):
+        importlib.import_module(f"{__name__}.{_module.name}")

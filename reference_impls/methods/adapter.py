@@ -33,71 +33,41 @@ Not mergeable: the nonlinearity inside the bottleneck cannot be folded into the 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
-import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
-from ..core import Wrapper, check_vit, register, replace_module
-
-try:  # timm's RMSNorm variants count as normalization layers too
-    from timm.layers import RmsNorm
-
-    NORM_TYPES: tuple[type[nn.Module], ...] = (nn.LayerNorm, RmsNorm)
-except ImportError:  # pragma: no cover - older timm
-    NORM_TYPES = (nn.LayerNorm,)
-
-POSITIONS = ("attn", "mlp")
-"""Sub-layers of a timm block that can receive an adapter."""
-
-
-def quick_gelu(x: torch.Tensor) -> torch.Tensor:
-    """QuickGELU, the sigmoid approximation of GELU used by CLIP, NOAH and Convpass."""
-    # g(x) = x · sigmoid(1.702 x)
-    return x * torch.sigmoid(1.702 * x)
+from ..authoring import (
+    ACTIVATIONS,
+    Dropout,
+    MethodConfig,
+    PositiveInt,
+    Wrapper,
+    factory_kwargs,
+    norm_parameter_names,
+    register,
+    replace_module,
+)
 
 
-ACTIVATIONS = {"gelu": F.gelu, "quick_gelu": quick_gelu, "relu": F.relu}
-
-
-@dataclass
-class AdapterConfig:
+class AdapterConfig(MethodConfig):
     """Configuration of the Houlsby adapter."""
 
-    bottleneck: int = field(
-        default=64, metadata={"help": "Bottleneck width m (the paper tries 8, 64 and 256; its code defaults to 64)."}
-    )
-    positions: tuple[str, ...] = field(
-        default=POSITIONS,
-        metadata={"help": "Sub-layers whose output gets an adapter in every block: 'attn', 'mlp' (the paper: both)."},
-    )
-    activation: Literal["gelu", "quick_gelu", "relu"] = field(
-        default="gelu", metadata={"help": "Nonlinearity f in the bottleneck (the paper's code: GELU)."}
-    )
-    dropout: float = field(default=0.0, metadata={"help": "Dropout probability after the nonlinearity."})
-    train_norms: bool = field(
-        default=True, metadata={"help": "Also train the gain and bias of every LayerNorm, as the paper does."}
-    )
-    init: Literal["zero-up", "houlsby"] = field(
-        default="zero-up",
-        metadata={
-            "help": "'zero-up': down-projection Kaiming-uniform, up-projection zero (exact identity at init); "
-            "'houlsby': both weights truncated normal with std 1e-3, as in the paper's code (near identity)."
-        },
-    )
-
-    def __post_init__(self) -> None:
-        if self.bottleneck < 1:
-            raise ValueError(f"adapter: bottleneck must be >= 1, got {self.bottleneck}")
-        if not self.positions:
-            raise ValueError("adapter: positions must name at least one of 'attn', 'mlp'")
-        unknown = [p for p in self.positions if p not in POSITIONS]
-        if unknown:
-            raise ValueError(f"adapter: unknown positions {unknown}; valid: 'attn', 'mlp'")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"adapter: dropout must be in [0, 1), got {self.dropout}")
+    bottleneck: PositiveInt = 64
+    """Bottleneck width m (the paper tries 8, 64 and 256; its code defaults to 64)."""
+    positions: Annotated[tuple[Literal["attn", "mlp"], ...], Field(min_length=1)] = ("attn", "mlp")
+    """Sub-layers whose output gets an adapter in every block: 'attn', 'mlp' (the paper: both)."""
+    activation: Literal["gelu", "quick_gelu", "relu"] = "gelu"
+    """Nonlinearity f in the bottleneck (the paper's code: GELU)."""
+    dropout: Dropout = 0.0
+    """Dropout probability after the nonlinearity."""
+    train_norms: bool = True
+    """Also train the gain and bias of every LayerNorm, as the paper does."""
+    init: Literal["zero-up", "houlsby"] = "zero-up"
+    """'zero-up': down-projection Kaiming-uniform, up-projection zero (exact identity at init);
+    'houlsby': both weights truncated normal with std 1e-3, as in the paper's code (near identity)."""
 
 
 class AdapterLayer(Wrapper):
@@ -119,8 +89,7 @@ class AdapterLayer(Wrapper):
         self, base_layer: nn.Module, dim: int, bottleneck: int, activation: str, dropout: float, init: str
     ) -> None:
         super().__init__(base_layer)
-        reference = next(base_layer.parameters())
-        factory = {"device": reference.device, "dtype": reference.dtype}
+        factory = factory_kwargs(base_layer)
         self.activation = activation
         self.peft_down = nn.Linear(dim, bottleneck, **factory)
         self.peft_up = nn.Linear(bottleneck, dim, **factory)
@@ -167,11 +136,10 @@ def apply_adapter(model: nn.Module, config: AdapterConfig) -> list[str]:
     Raises:
         TypeError: If a block lacks one of the sub-layers named in `positions`.
     """
-    check_vit(model, "adapter")
     for index, block in enumerate(model.blocks):
         missing = [p for p in config.positions if not isinstance(getattr(block, p, None), nn.Module)]
         if missing:
-            raise TypeError(f"adapter: block {index} ({type(block).__name__}) has no sub-layer {missing}")
+            raise TypeError(f"block {index} ({type(block).__name__}) has no sub-layer {missing}")
     dim = int(model.embed_dim)
     for index, block in enumerate(model.blocks):
         for position in config.positions:
@@ -179,14 +147,8 @@ def apply_adapter(model: nn.Module, config: AdapterConfig) -> list[str]:
                 getattr(block, position), dim, config.bottleneck, config.activation, config.dropout, config.init
             )
             replace_module(model, f"blocks.{index}.{position}", layer)
-    if not config.train_norms:
-        return []
-    selected = []
-    for module_name, module in model.named_modules():
-        if isinstance(module, NORM_TYPES):
-            # LN(x) = gamma ⊙ (x - mean(x)) / sqrt(var(x) + eps) + beta: gamma and beta are trained too
-            selected.extend(f"{module_name}.{p}" for p, _ in module.named_parameters(recurse=False))
-    return selected
+    # LN(x) = gamma ⊙ (x - mean(x)) / sqrt(var(x) + eps) + beta: gamma and beta are trained too
+    return norm_parameter_names(model) if config.train_norms else []
 
 
 register("adapter", AdapterConfig, apply_adapter, mergeable=False)

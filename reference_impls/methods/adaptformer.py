@@ -28,7 +28,6 @@ Not mergeable: the ReLU between the projections prevents folding the branch into
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -36,22 +35,18 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from ..core import Wrapper, check_vit, register, replace_module
+from ..authoring import Dropout, MethodConfig, PositiveInt, Wrapper, factory_kwargs, register, replace_module
 
 
-@dataclass
-class AdaptFormerConfig:
+class AdaptFormerConfig(MethodConfig):
     """Configuration of AdaptFormer."""
 
-    bottleneck: int = field(default=64, metadata={"help": "Width of the AdaptMLP bottleneck (paper and code: 64)."})
-    scale: float = field(default=0.1, metadata={"help": "Fixed scale s of the branch output (official code: 0.1)."})
-    dropout: float = field(default=0.1, metadata={"help": "Dropout probability after the ReLU (official code: 0.1)."})
-
-    def __post_init__(self) -> None:
-        if self.bottleneck < 1:
-            raise ValueError(f"adaptformer: bottleneck must be >= 1, got {self.bottleneck}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"adaptformer: dropout must be in [0, 1), got {self.dropout}")
+    bottleneck: PositiveInt = 64
+    """Width of the AdaptMLP bottleneck (paper and code: 64)."""
+    scale: float = 0.1
+    """Fixed scale s of the branch output (official code: 0.1)."""
+    dropout: Dropout = 0.1
+    """Dropout probability after the ReLU (official code: 0.1)."""
 
 
 class AdaptFormerBlock(Wrapper):
@@ -70,8 +65,7 @@ class AdaptFormerBlock(Wrapper):
 
     def __init__(self, base_layer: nn.Module, dim: int, bottleneck: int, scale: float, dropout: float) -> None:
         super().__init__(base_layer)
-        reference = next(base_layer.mlp.parameters())
-        factory = {"device": reference.device, "dtype": reference.dtype}
+        factory = factory_kwargs(base_layer.mlp)
         self.scale = scale
         self.peft_down = nn.Linear(dim, bottleneck, **factory)
         self.peft_up = nn.Linear(bottleneck, dim, **factory)
@@ -117,11 +111,10 @@ def apply_adaptformer(model: nn.Module, config: AdaptFormerConfig) -> list[str]:
     Raises:
         TypeError: If a block is not a timm pre-norm `Block` (its forward is overridden or absent).
     """
-    check_vit(model, "adaptformer")
     for index, block in enumerate(model.blocks):
         if not isinstance(block, Block) or type(block).forward is not Block.forward:
             raise TypeError(
-                f"adaptformer: block {index} is {type(block).__name__}; only timm's pre-norm "
+                f"block {index} is {type(block).__name__}; only timm's pre-norm "
                 f"vision_transformer.Block (x + attn(norm1(x)), then x + mlp(norm2(x))) is supported"
             )
     dim = int(model.embed_dim)

@@ -10,20 +10,16 @@ attention (qkv, proj) and MLP (fc1, fc2) layers, and of the LayerNorms.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from torch import nn
 
-from ..core import check_vit, register
+from ..authoring import MethodConfig, register
 
 
-@dataclass
-class BitFitConfig:
+class BitFitConfig(MethodConfig):
     """Configuration of BitFit."""
 
-    include_norm_bias: bool = field(
-        default=True, metadata={"help": "Also train the bias (beta) of normalization layers, as the paper does."}
-    )
+    include_norm_bias: bool = True
+    """Also train the bias (beta) of normalization layers, as the paper does."""
 
 
 def apply_bitfit(model: nn.Module, config: BitFitConfig) -> list[str]:
@@ -36,7 +32,6 @@ def apply_bitfit(model: nn.Module, config: BitFitConfig) -> list[str]:
     Returns:
         Names of the selected bias parameters.
     """
-    check_vit(model, "bitfit")
     selected = []
     for module_name, module in model.named_modules():
         bias = getattr(module, "bias", None)

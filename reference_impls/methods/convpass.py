@@ -34,56 +34,38 @@ Not mergeable: the bypass contains nonlinearities and a spatial convolution.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
-from ..core import Wrapper, check_vit, register, replace_module
+from ..authoring import (
+    Dropout,
+    MethodConfig,
+    PositiveInt,
+    Wrapper,
+    factory_kwargs,
+    quick_gelu,
+    register,
+    replace_module,
+)
 
-POSITIONS = ("attn", "mlp")
-"""Sub-layers of a timm block that can receive a bypass."""
 
-
-def quick_gelu(x: torch.Tensor) -> torch.Tensor:
-    """QuickGELU, the activation of the official code."""
-    # g(x) = x · sigmoid(1.702 x)
-    return x * torch.sigmoid(1.702 * x)
-
-
-@dataclass
-class ConvpassConfig:
+class ConvpassConfig(MethodConfig):
     """Configuration of Convpass."""
 
-    dim: int = field(default=8, metadata={"help": "Hidden width d' of the bypass (paper: 8)."})
-    scale: float = field(
-        default=1.0,
-        metadata={"help": "Scale s of the bypass output (official default 1; tuned per task in 0.01 ... 100)."},
-    )
-    positions: tuple[str, ...] = field(
-        default=POSITIONS,
-        metadata={"help": "Sub-layers that get a bypass in every block: 'attn', 'mlp'; ('attn',) is Convpass-attn."},
-    )
-    conv_init: Literal["identity", "xavier"] = field(
-        default="identity",
-        metadata={"help": "Init of the 3x3 kernel: identity on the central tap, or Xavier-uniform (chosen per task)."},
-    )
-    dropout: float = field(
-        default=0.1, metadata={"help": "Dropout probability before the up-projection (official: 0.1)."}
-    )
-
-    def __post_init__(self) -> None:
-        if self.dim < 1:
-            raise ValueError(f"convpass: dim must be >= 1, got {self.dim}")
-        if not self.positions:
-            raise ValueError("convpass: positions must name at least one of 'attn', 'mlp'")
-        unknown = [p for p in self.positions if p not in POSITIONS]
-        if unknown:
-            raise ValueError(f"convpass: unknown positions {unknown}; valid: 'attn', 'mlp'")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"convpass: dropout must be in [0, 1), got {self.dropout}")
+    dim: PositiveInt = 8
+    """Hidden width d' of the bypass (paper: 8)."""
+    scale: float = 1.0
+    """Scale s of the bypass output (official default 1; tuned per task in 0.01 ... 100)."""
+    positions: Annotated[tuple[Literal["attn", "mlp"], ...], Field(min_length=1)] = ("attn", "mlp")
+    """Sub-layers that get a bypass in every block: 'attn', 'mlp'; ('attn',) is Convpass-attn."""
+    conv_init: Literal["identity", "xavier"] = "identity"
+    """Init of the 3x3 kernel: identity on the central tap, or Xavier-uniform (chosen per task)."""
+    dropout: Dropout = 0.1
+    """Dropout probability before the up-projection (official: 0.1)."""
 
 
 class ConvBypass(nn.Module):
@@ -143,10 +125,10 @@ class ConvBypass(nn.Module):
         height, width = self.grid_size
         if tokens != n + height * width:
             raise RuntimeError(
-                f"convpass: expected {n} prefix tokens and a {height}x{width} patch grid ({n + height * width} "
-                f"tokens), got {tokens} tokens; the image size must match the model's img_size"
+                f"the convolutional bypass expected {n} prefix tokens and a {height}x{width} patch grid "
+                f"({n + height * width} tokens), got {tokens} tokens; the image size must match the model's img_size"
             )
-        # z = g(X W_down + b_down)
+        # z = g(X W_down + b_down),  g(x) = x · sigmoid(1.702 x) (QuickGELU)
         z = quick_gelu(self.down(x))
         prefix, patches = z[:, :n], z[:, n:]
         # patch tokens: K * z on the H x W grid (zero padding)
@@ -197,19 +179,17 @@ def apply_convpass(model: nn.Module, config: ConvpassConfig) -> list[str]:
     Raises:
         TypeError: If the model has no fixed patch grid or a block lacks a sub-layer in `positions`.
     """
-    check_vit(model, "convpass")
     grid_size = getattr(getattr(model, "patch_embed", None), "grid_size", None)
     if grid_size is None or len(grid_size) != 2:
-        raise TypeError("convpass: the model has no patch_embed.grid_size; a fixed 2D patch grid is needed")
+        raise TypeError("the model has no patch_embed.grid_size; a fixed 2D patch grid is needed")
     for index, block in enumerate(model.blocks):
         missing = [p for p in config.positions if not isinstance(getattr(block, p, None), nn.Module)]
         if missing:
-            raise TypeError(f"convpass: block {index} ({type(block).__name__}) has no sub-layer {missing}")
+            raise TypeError(f"block {index} ({type(block).__name__}) has no sub-layer {missing}")
     grid = (int(grid_size[0]), int(grid_size[1]))
     for index, block in enumerate(model.blocks):
         for position in config.positions:
             layer = getattr(block, position)
-            reference = next(layer.parameters())
             bypass = ConvBypass(
                 int(model.embed_dim),
                 config.dim,
@@ -217,8 +197,7 @@ def apply_convpass(model: nn.Module, config: ConvpassConfig) -> list[str]:
                 int(model.num_prefix_tokens),
                 config.conv_init,
                 config.dropout,
-                device=reference.device,
-                dtype=reference.dtype,
+                **factory_kwargs(layer),
             )
             replace_module(model, f"blocks.{index}.{position}", ConvpassLayer(layer, bypass, config.scale))
     return []

@@ -20,26 +20,18 @@ adapted part get a magnitude. Dropout (if any) acts on the input of the low-rank
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import ClassVar
-
 import torch
 from torch import nn
 
-from ..core import check_vit, find_linear_targets, register, replace_module
+from ..authoring import find_linear_targets, register, replace_module
 from .lora import LoRAConfig, LoRALinear
 
 
-@dataclass
 class DoRAConfig(LoRAConfig):
     """Configuration of DoRA: LoRA's fields plus the treatment of the norm in the backward pass."""
 
-    method: ClassVar[str] = "dora"
-
-    detach_norm: bool = field(
-        default=True,
-        metadata={"help": "Treat the weight norm as a constant in the backward pass (paper, Section 4.3)."},
-    )
+    detach_norm: bool = True
+    """Treat the weight norm as a constant in the backward pass (paper, Section 4.3)."""
 
 
 class DoRALinear(LoRALinear):
@@ -119,8 +111,7 @@ def apply_dora(model: nn.Module, config: DoRAConfig) -> list[str]:
     Returns:
         An empty list: no backbone parameter is trained.
     """
-    check_vit(model, "dora")
-    for name, parts in find_linear_targets(model, config.targets, "dora").items():
+    for name, parts in find_linear_targets(model, config.targets).items():
         layer = model.get_submodule(name)
         replace_module(
             model, name, DoRALinear(layer, parts, config.r, config.alpha, config.dropout, config.detach_norm)

@@ -34,49 +34,41 @@ Mergeable: after training $W_0 + \\Delta W$ replaces $W_0$.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
 from torch import nn
 
-from ..core import QKV_PARTS, WHOLE, WeightUpdateWrapper, check_vit, find_linear_targets, register, replace_module
+from ..authoring import (
+    QKV_PARTS,
+    WHOLE,
+    Dropout,
+    MethodConfig,
+    Rank,
+    Targets,
+    WeightUpdateWrapper,
+    factory_kwargs,
+    find_linear_targets,
+    register,
+    replace_module,
+)
 
 
-@dataclass
-class FacTConfig:
+class FacTConfig(MethodConfig):
     """Configuration of FacT."""
 
-    form: Literal["tt", "tk"] = field(
-        default="tt",
-        metadata={
-            "help": "'tt': a learned r x r core per slice (FacT-TT); "
-            "'tk': cores mixed from a shared r x r x r tensor (FacT-TK)."
-        },
-    )
-    r: int = field(
-        default=8,
-        metadata={"help": "Rank r of the shared factors U, V (paper: tuned per task, up to 16 for TT and 32 for TK)."},
-    )
-    scale: float = field(
-        default=1.0, metadata={"help": "Scale s of the increment (paper: tuned per task in 0.01 ... 100)."}
-    )
-    dropout: float = field(default=0.1, metadata={"help": "Dropout probability on the core output (official: 0.1)."})
-    targets: tuple[str, ...] = field(
-        default=("q", "k", "v", "proj", "fc1", "fc2"),
-        metadata={
-            "help": "Layers of every block whose d x d slices are adapted: 'q', 'k', 'v' (thirds of the fused "
-            "attn.qkv), 'qkv', 'proj', 'fc1', 'fc2'; each must have in and out widths that are multiples of d."
-        },
-    )
-
-    def __post_init__(self) -> None:
-        if self.r < 1:
-            raise ValueError(f"fact: r must be >= 1, got {self.r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"fact: dropout must be in [0, 1), got {self.dropout}")
-        if not self.targets:
-            raise ValueError("fact: targets must name at least one layer")
+    form: Literal["tt", "tk"] = "tt"
+    """'tt': a learned r x r core per slice (FacT-TT); 'tk': cores mixed from a shared r x r x r
+    tensor (FacT-TK)."""
+    r: Rank = 8
+    """Rank r of the shared factors U, V (paper: tuned per task, up to 16 for TT and 32 for TK)."""
+    scale: float = 1.0
+    """Scale s of the increment (paper: tuned per task in 0.01 ... 100)."""
+    dropout: Dropout = 0.1
+    """Dropout probability on the core output (official: 0.1)."""
+    targets: Targets = ("q", "k", "v", "proj", "fc1", "fc2")
+    """Layers of every block whose d x d slices are adapted: 'q', 'k', 'v' (thirds of the fused
+    attn.qkv), 'qkv', 'proj', 'fc1', 'fc2'; each must have in and out widths that are multiples of d."""
 
 
 class FacTFactors(nn.Module):
@@ -112,7 +104,7 @@ def slice_layout(layer: nn.Linear, parts: tuple[str, ...], dim: int, name: str) 
 
     Args:
         layer: The linear layer.
-        parts: Parts to adapt (see [`find_linear_targets`][reference_impls.core.find_linear_targets]).
+        parts: Parts to adapt (see [`find_linear_targets`][reference_impls.targets.find_linear_targets]).
         dim: Slice width d (the model's `embed_dim`).
         name: Layer name, used in messages.
 
@@ -124,14 +116,14 @@ def slice_layout(layer: nn.Linear, parts: tuple[str, ...], dim: int, name: str) 
     """
     if layer.in_features % dim or layer.out_features % dim:
         raise ValueError(
-            f"fact: layer {name!r} ({layer.out_features} x {layer.in_features}) cannot be cut into "
+            f"layer {name!r} ({layer.out_features} x {layer.in_features}) cannot be cut into "
             f"{dim} x {dim} slices: its widths must be multiples of embed_dim {dim}"
         )
     num_in, num_out = layer.in_features // dim, layer.out_features // dim
     if parts == (WHOLE,):
         return num_in, num_out, list(range(num_out))
     if num_out != 3:
-        raise ValueError(f"fact: the thirds of fused layer {name!r} are not {dim} wide")
+        raise ValueError(f"the thirds of fused layer {name!r} are not {dim} wide")
     return num_in, num_out, [index for index, part in enumerate(QKV_PARTS) if part in parts]
 
 
@@ -231,17 +223,15 @@ def apply_fact(model: nn.Module, config: FacTConfig) -> list[str]:
     Raises:
         ValueError: If a target matches no layer or a targeted layer cannot be cut into d x d slices.
     """
-    check_vit(model, "fact")
     dim = int(model.embed_dim)
-    targets = find_linear_targets(model, config.targets, "fact")
+    targets = find_linear_targets(model, config.targets)
     layers = {name: model.get_submodule(name) for name in targets}
     layouts = {name: slice_layout(layers[name], parts, dim, name) for name, parts in targets.items()}
     # the slices j = 1 ... 12L of the paper: every adapted (output block, input block) pair
     num_slices = sum(len(adapted) * num_in for num_in, _, adapted in layouts.values())
     # P (r x 12L in the official code) is Xavier-uniform: bound sqrt(6 / (12L + r))
     p_bound = math.sqrt(6.0 / (num_slices + config.r))
-    reference = next(iter(layers.values())).weight
-    factors = FacTFactors(dim, config.r, config.form, reference.device, reference.dtype)
+    factors = FacTFactors(dim, config.r, config.form, **factory_kwargs(next(iter(layers.values()))))
     model.peft_fact = factors
     for name in targets:
         wrapper = FacTLinear(layers[name], factors, layouts[name], config.scale, config.dropout, p_bound)

@@ -7,15 +7,12 @@ Bib key: jia2022visual.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from torch import nn
 
-from ..core import check_vit, register
+from ..authoring import MethodConfig, register
 
 
-@dataclass
-class FullConfig:
+class FullConfig(MethodConfig):
     """Full fine-tuning has no hyperparameters: every parameter is trained."""
 
 
@@ -29,7 +26,6 @@ def apply_full(model: nn.Module, config: FullConfig) -> list[str]:
     Returns:
         The names of all parameters of the model.
     """
-    check_vit(model, "full-finetuning")
     return [name for name, _ in model.named_parameters()]
 
 

@@ -34,14 +34,23 @@ token by the same amount, which the next LayerNorm removes: such a term has no e
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import model_validator
 from torch import nn
 
-from ..core import WHOLE, MergeableWrapper, check_vit, find_linear_targets, register, replace_module
+from ..authoring import (
+    WHOLE,
+    MergeableWrapper,
+    MethodConfig,
+    Rank,
+    Targets,
+    find_linear_targets,
+    register,
+    replace_module,
+)
 
 COMPONENTS = ("a", "b", "c", "d", "e")
 """The five support tensors, in the order of a per-layer code."""
@@ -68,62 +77,49 @@ def parse_code(code: str) -> dict[str, str]:
     """
     if len(code) != len(COMPONENTS) or any(ch not in CODES for ch in code):
         raise ValueError(
-            f"glora: layer code {code!r} must be 5 letters for A, B, C, D, E, each one of "
+            f"layer code {code!r} must be 5 letters for A, B, C, D, E, each one of "
             f"L (low rank), V (vector), S (scalar), N (none)"
         )
     forms = {name: CODES[ch] for name, ch in zip(COMPONENTS, code)}
     for name, form in forms.items():
         if form not in ALLOWED[name]:
-            raise ValueError(f"glora: in layer code {code!r}, {name.upper()} cannot be {form!r}; allowed: {list(ALLOWED[name])}")
+            raise ValueError(f"in layer code {code!r}, {name.upper()} cannot be {form!r}; allowed: {list(ALLOWED[name])}")
     return forms
 
 
-@dataclass
-class GLoRAConfig:
+class GLoRAConfig(MethodConfig):
     """Configuration of GLoRA."""
 
-    r: int = field(default=4, metadata={"help": "Rank of the low-rank support tensors (the official default is 4)."})
-    a: Literal["lora", "vector", "scalar", "none"] = field(
-        default="lora", metadata={"help": "Form of A, which rescales the weight: W0 * A."}
-    )
-    b: Literal["lora", "vector", "scalar", "none"] = field(
-        default="lora", metadata={"help": "Form of B, which shifts the weight."}
-    )
-    c: Literal["lora", "vector", "none"] = field(
-        default="lora", metadata={"help": "Form of C, the input prompt mapped into a bias: W0 C."}
-    )
-    d: Literal["vector", "scalar", "none"] = field(
-        default="vector", metadata={"help": "Form of D, which rescales the bias: b0 * D."}
-    )
-    e: Literal["vector", "scalar", "none"] = field(
-        default="vector", metadata={"help": "Form of E, which shifts the bias."}
-    )
-    targets: tuple[str, ...] = field(
-        default=("qkv", "proj", "fc1", "fc2"),
-        metadata={"help": "Whole linear layers to adapt in every block (dotted name suffixes; the official code adapts all)."},
-    )
-    overrides: tuple[str, ...] = field(
-        default=(),
-        metadata={
-            "help": "Per-layer forms that replace a..e on one layer, as 'module.name=CODE' with a five-letter "
-            "code for A, B, C, D, E (L low rank, V vector, S scalar, N none), e.g. 'blocks.0.attn.qkv=LNNVV'."
-        },
-    )
+    r: Rank = 4
+    """Rank of the low-rank support tensors (the official default is 4)."""
+    a: Literal["lora", "vector", "scalar", "none"] = "lora"
+    """Form of A, which rescales the weight: W0 * A."""
+    b: Literal["lora", "vector", "scalar", "none"] = "lora"
+    """Form of B, which shifts the weight."""
+    c: Literal["lora", "vector", "none"] = "lora"
+    """Form of C, the input prompt mapped into a bias: W0 C."""
+    d: Literal["vector", "scalar", "none"] = "vector"
+    """Form of D, which rescales the bias: b0 * D."""
+    e: Literal["vector", "scalar", "none"] = "vector"
+    """Form of E, which shifts the bias."""
+    targets: Targets = ("qkv", "proj", "fc1", "fc2")
+    """Whole linear layers to adapt in every block (dotted name suffixes; the official code adapts all)."""
+    overrides: tuple[str, ...] = ()
+    """Per-layer forms that replace a..e on one layer, as 'module.name=CODE' with a five-letter code
+    for A, B, C, D, E (L low rank, V vector, S scalar, N none), e.g. 'blocks.0.attn.qkv=LNNVV'."""
 
-    def __post_init__(self) -> None:
-        if self.r < 1:
-            raise ValueError(f"glora: r must be >= 1, got {self.r}")
-        if not self.targets:
-            raise ValueError("glora: targets must name at least one layer")
+    @model_validator(mode="after")
+    def _check_overrides(self) -> GLoRAConfig:
         seen = set()
         for entry in self.overrides:
             name, sep, code = entry.partition("=")
             if not sep or not name:
-                raise ValueError(f"glora: override {entry!r} must have the form 'module.name=CODE'")
+                raise ValueError(f"override {entry!r} must have the form 'module.name=CODE'")
             if name in seen:
-                raise ValueError(f"glora: layer {name!r} is overridden twice")
+                raise ValueError(f"layer {name!r} is overridden twice")
             seen.add(name)
             parse_code(code)
+        return self
 
     def forms(self) -> dict[str, str]:
         """The forms of A ... E used for layers without an override."""
@@ -220,12 +216,13 @@ class GLoRALinear(MergeableWrapper):
         """
         if not self.merged and self.base_layer.bias is None and (self.forms["c"] != "none" or self.forms["e"] != "none"):
             raise ValueError(
-                "glora: cannot merge a layer without bias that has a C or E term (the folded bias has nowhere to go)"
+                "cannot merge a layer without bias that has a C or E term (the folded bias has nowhere to go)"
             )
         super().merge()
 
     def fold(self) -> None:
-        """Write $W'$ and $b'$ into the base layer (see [`MergeableWrapper`][reference_impls.core.MergeableWrapper])."""
+        """Write $W'$ and $b'$ into the base layer
+        (see [`MergeableWrapper`][reference_impls.wrappers.MergeableWrapper])."""
         weight, bias = self.adapted_weight_and_bias()
         self.base_layer.weight.copy_(weight)
         if bias is not None:
@@ -249,18 +246,17 @@ def apply_glora(model: nn.Module, config: GLoRAConfig) -> list[str]:
         ValueError: If a target selects a slice of the fused qkv layer (GLoRA adapts whole
             layers) or an override names a layer that is not adapted.
     """
-    check_vit(model, "glora")
-    targets = find_linear_targets(model, config.targets, "glora")
+    targets = find_linear_targets(model, config.targets)
     sliced = sorted(name for name, parts in targets.items() if parts != (WHOLE,))
     if sliced:
         raise ValueError(
-            f"glora: targets 'q', 'k', 'v' select slices of {sliced[0]!r}; GLoRA adapts whole layers, use 'qkv'"
+            f"targets 'q', 'k', 'v' select slices of {sliced[0]!r}; GLoRA adapts whole layers, use 'qkv'"
         )
     overrides = dict(entry.split("=", 1) for entry in config.overrides)
     unknown = sorted(set(overrides) - set(targets))
     if unknown:
         raise ValueError(
-            f"glora: overrides name layers that are not adapted: {unknown}; adapted layers are e.g. "
+            f"overrides name layers that are not adapted: {unknown}; adapted layers are e.g. "
             f"{', '.join(list(targets)[:4])}"
         )
     for name in targets:

@@ -14,39 +14,41 @@ vector folds into a weight: rows of `attn.qkv` (and its bias) for $l_k, l_v$, co
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
+from pydantic import model_validator
 from torch import nn
 
-from ..core import WHOLE, MergeableWrapper, check_vit, find_linear_targets, output_splits, register, replace_module
+from ..authoring import (
+    QKV_PARTS,
+    WHOLE,
+    MergeableWrapper,
+    MethodConfig,
+    Targets,
+    find_linear_targets,
+    output_splits,
+    register,
+    replace_module,
+)
 
 
-@dataclass
-class IA3Config:
+class IA3Config(MethodConfig):
     """Configuration of (IA)^3."""
 
-    targets: tuple[str, ...] = field(
-        default=("k", "v", "fc2"),
-        metadata={
-            "help": "Layers whose output is rescaled ('q', 'k', 'v' thirds of attn.qkv, or any linear layer) "
-            "or, if also listed in `feedforward`, whose input is rescaled."
-        },
-    )
-    feedforward: tuple[str, ...] = field(
-        default=("fc2",),
-        metadata={"help": "Targets whose input (the MLP hidden activation) is rescaled instead of the output."},
-    )
+    targets: Targets = ("k", "v", "fc2")
+    """Layers whose output is rescaled ('q', 'k', 'v' thirds of attn.qkv, or any linear layer) or, if
+    also listed in `feedforward`, whose input is rescaled."""
+    feedforward: tuple[str, ...] = ("fc2",)
+    """Targets whose input (the MLP hidden activation) is rescaled instead of the output."""
 
-    def __post_init__(self) -> None:
-        if not self.targets:
-            raise ValueError("ia3: targets must name at least one layer")
+    @model_validator(mode="after")
+    def _feedforward_among_whole_targets(self) -> IA3Config:
         extra = [t for t in self.feedforward if t not in self.targets]
         if extra:
-            raise ValueError(f"ia3: feedforward entries {extra} must also be in targets {list(self.targets)}")
-        sliced = [t for t in self.feedforward if t in ("q", "k", "v")]
+            raise ValueError(f"feedforward entries {extra} must also be in targets {list(self.targets)}")
+        sliced = [t for t in self.feedforward if t in QKV_PARTS]
         if sliced:
-            raise ValueError(f"ia3: feedforward entries {sliced} are output slices; only whole layers can scale their input")
+            raise ValueError(f"feedforward entries {sliced} are output slices; only whole layers can scale their input")
+        return self
 
 
 class IA3Linear(MergeableWrapper):
@@ -57,7 +59,7 @@ class IA3Linear(MergeableWrapper):
 
     Args:
         base_layer: The frozen linear layer.
-        parts: Parts to rescale (see [`find_linear_targets`][reference_impls.core.find_linear_targets]).
+        parts: Parts to rescale (see [`find_linear_targets`][reference_impls.targets.find_linear_targets]).
         scale_input: Rescale the input instead of the output.
     """
 
@@ -113,9 +115,8 @@ def apply_ia3(model: nn.Module, config: IA3Config) -> list[str]:
     Returns:
         An empty list: no backbone parameter is trained.
     """
-    check_vit(model, "ia3")
-    feedforward = set(find_linear_targets(model, config.feedforward, "ia3")) if config.feedforward else set()
-    for name, parts in find_linear_targets(model, config.targets, "ia3").items():
+    feedforward = set(find_linear_targets(model, config.feedforward)) if config.feedforward else set()
+    for name, parts in find_linear_targets(model, config.targets).items():
         layer = model.get_submodule(name)
         replace_module(model, name, IA3Linear(layer, parts, scale_input=name in feedforward))
     return []

@@ -31,57 +31,47 @@ $W_0$ and $b$ is added to the bias.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core import WHOLE, WeightUpdateWrapper, check_vit, find_linear_targets, output_splits, register, replace_module
+from ..authoring import (
+    WHOLE,
+    Dropout,
+    MethodConfig,
+    PositiveInt,
+    Rank,
+    Targets,
+    WeightUpdateWrapper,
+    factory_kwargs,
+    find_linear_targets,
+    output_splits,
+    register,
+    replace_module,
+)
 
 
-@dataclass
-class KAdaptationConfig:
+class KAdaptationConfig(MethodConfig):
     """Configuration of KAdaptation."""
 
-    n: int = field(
-        default=32,
-        metadata={
-            "help": "Number n of Kronecker products and size of each shared A_i (n x n); "
-            "must divide the adapted widths (official: 32)."
-        },
-    )
-    r: int = field(default=1, metadata={"help": "Rank r of each layer-specific B_i = u_i v_i^T (official: 1)."})
-    scale: float = field(default=160.0, metadata={"help": "Scale s of the update (official: 160)."})
-    dropout: float = field(
-        default=0.5,
-        metadata={"help": "Dropout probability on the entries of the expanded update, training only (official: 0.5)."},
-    )
-    factorized_a: bool = field(
-        default=True,
-        metadata={
-            "help": "Store each shared A_i as an outer product of two n-vectors (official) "
-            "instead of a full n x n matrix."
-        },
-    )
-    bias: bool = field(default=True, metadata={"help": "Train a bias on the adapted outputs (official: yes)."})
-    targets: tuple[str, ...] = field(
-        default=("q", "v"),
-        metadata={
-            "help": "Layers to adapt in every block: 'q', 'k', 'v' (thirds of the fused attn.qkv), "
-            "'qkv', 'proj', 'fc1', 'fc2', or any dotted suffix of a linear layer's name."
-        },
-    )
-
-    def __post_init__(self) -> None:
-        if self.n < 1:
-            raise ValueError(f"kadaptation: n must be >= 1, got {self.n}")
-        if self.r < 1:
-            raise ValueError(f"kadaptation: r must be >= 1, got {self.r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"kadaptation: dropout must be in [0, 1), got {self.dropout}")
-        if not self.targets:
-            raise ValueError("kadaptation: targets must name at least one layer")
+    n: PositiveInt = 32
+    """Number n of Kronecker products and size of each shared A_i (n x n); must divide the adapted
+    widths (official: 32)."""
+    r: Rank = 1
+    """Rank r of each layer-specific B_i = u_i v_i^T (official: 1)."""
+    scale: float = 160.0
+    """Scale s of the update (official: 160)."""
+    dropout: Dropout = 0.5
+    """Dropout probability on the entries of the expanded update, training only (official: 0.5)."""
+    factorized_a: bool = True
+    """Store each shared A_i as an outer product of two n-vectors (official) instead of a full n x n
+    matrix."""
+    bias: bool = True
+    """Train a bias on the adapted outputs (official: yes)."""
+    targets: Targets = ("q", "v")
+    """Layers to adapt in every block: 'q', 'k', 'v' (thirds of the fused attn.qkv), 'qkv', 'proj',
+    'fc1', 'fc2', or any dotted suffix of a linear layer's name."""
 
 
 class SlowFactors(nn.Module):
@@ -124,7 +114,7 @@ class KAdaptationLinear(WeightUpdateWrapper):
 
     Args:
         base_layer: The frozen linear layer.
-        parts: Parts to adapt (see [`find_linear_targets`][reference_impls.core.find_linear_targets]).
+        parts: Parts to adapt (see [`find_linear_targets`][reference_impls.targets.find_linear_targets]).
         slow: The shared factors of each adapted part.
         r: Rank of the $B_i$.
         scale: Scale s.
@@ -196,7 +186,7 @@ class KAdaptationLinear(WeightUpdateWrapper):
 
     def fold(self) -> None:
         """Fold the update and the bias into the base layer
-        (see [`MergeableWrapper`][reference_impls.core.MergeableWrapper])."""
+        (see [`MergeableWrapper`][reference_impls.wrappers.MergeableWrapper])."""
         weight, bias = self.base_layer.weight, self.base_layer.bias
         # W = W_0 + ΔW
         weight.add_(self.delta_weight().to(weight.dtype))
@@ -236,25 +226,24 @@ def apply_kadaptation(model: nn.Module, config: KAdaptationConfig) -> list[str]:
         ValueError: If a target matches no layer, n does not divide an adapted width, or a
             bias is requested for a layer without one.
     """
-    check_vit(model, "kadaptation")
-    targets = find_linear_targets(model, config.targets, "kadaptation")
+    targets = find_linear_targets(model, config.targets)
     layers = {name: model.get_submodule(name) for name in targets}
     for name, parts in targets.items():
         layer = layers[name]
         widths = [layer.in_features] + [size for part, size in output_splits(layer, parts) if part in parts]
         if any(width % config.n for width in widths):
             raise ValueError(
-                f"kadaptation: n = {config.n} does not divide the widths {sorted(set(widths))} of layer {name!r}"
+                f"n = {config.n} does not divide the widths {sorted(set(widths))} of layer {name!r}"
             )
         if config.bias and layer.bias is None:
-            raise ValueError(f"kadaptation: layer {name!r} has no bias to merge the trained bias into; use bias=False")
-    reference = next(iter(layers.values())).weight
+            raise ValueError(f"layer {name!r} has no bias to merge the trained bias into; use bias=False")
+    factory = factory_kwargs(next(iter(layers.values())))
     shared = nn.ModuleDict()
     for name, parts in targets.items():
         for part in parts:
             key = projection_type(name, part)
             if key not in shared:
-                shared[key] = SlowFactors(config.n, config.factorized_a, reference.device, reference.dtype)
+                shared[key] = SlowFactors(config.n, config.factorized_a, **factory)
     model.peft_kadaptation = shared
     for name, parts in targets.items():
         slow = {part: shared[projection_type(name, part)] for part in parts}

@@ -7,20 +7,17 @@ Bib key: jia2022visual.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from torch import nn
 
-from ..core import check_vit, register
+from ..authoring import MethodConfig, register
 
 
-@dataclass
-class LinearConfig:
+class LinearConfig(MethodConfig):
     """Linear probing has no hyperparameters: the head is the only trained part."""
 
 
 def apply_linear(model: nn.Module, config: LinearConfig) -> list[str]:
-    """Leave the backbone frozen; the head is made trainable by the core.
+    """Leave the backbone frozen; the head is made trainable by the shared API.
 
     Args:
         model: A timm vision transformer (already frozen).
@@ -29,7 +26,6 @@ def apply_linear(model: nn.Module, config: LinearConfig) -> list[str]:
     Returns:
         An empty list: no backbone parameter is trained.
     """
-    check_vit(model, "linear-probing")
     return []
 
 

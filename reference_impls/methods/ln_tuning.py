@@ -9,27 +9,18 @@ Every LayerNorm of the backbone is trained: `norm1`/`norm2` of each block, the f
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from torch import nn
 
-from ..core import check_vit, register
-
-try:  # timm's RMSNorm variants count as normalization layers too
-    from timm.layers import RmsNorm
-
-    NORM_TYPES: tuple[type[nn.Module], ...] = (nn.LayerNorm, RmsNorm)
-except ImportError:  # pragma: no cover - older timm
-    NORM_TYPES = (nn.LayerNorm,)
+from ..authoring import MethodConfig, norm_parameter_names, register
 
 
-@dataclass
-class LNTuningConfig:
+class LNTuningConfig(MethodConfig):
     """LN-tuning has no hyperparameters: every normalization layer's gain and bias are trained."""
 
 
 def apply_ln_tuning(model: nn.Module, config: LNTuningConfig) -> list[str]:
-    """Select the gain and bias of every normalization layer of the backbone.
+    """Select the gain and bias of every normalization layer of the backbone
+    (see [`NORM_TYPES`][reference_impls.backbone.NORM_TYPES]).
 
     Args:
         model: A timm vision transformer.
@@ -38,13 +29,8 @@ def apply_ln_tuning(model: nn.Module, config: LNTuningConfig) -> list[str]:
     Returns:
         Names of the selected parameters.
     """
-    check_vit(model, "ln-tuning")
-    selected = []
-    for module_name, module in model.named_modules():
-        if isinstance(module, NORM_TYPES):
-            # LN(x) = gamma * (x - mean(x)) / sqrt(var(x) + eps) + beta: gamma and beta are updated
-            selected.extend(f"{module_name}.{p}" for p, _ in module.named_parameters(recurse=False))
-    return selected
+    # LN(x) = gamma * (x - mean(x)) / sqrt(var(x) + eps) + beta: gamma and beta are updated
+    return norm_parameter_names(model)
 
 
 register("ln-tuning", LNTuningConfig, apply_ln_tuning, mergeable=True)

@@ -18,40 +18,36 @@ one pair on the whole fused layer.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core import WeightUpdateWrapper, check_vit, find_linear_targets, output_splits, register, replace_module
+from ..authoring import (
+    Dropout,
+    MethodConfig,
+    Rank,
+    Targets,
+    WeightUpdateWrapper,
+    find_linear_targets,
+    output_splits,
+    register,
+    replace_module,
+)
 
 
-@dataclass
-class LoRAConfig:
+class LoRAConfig(MethodConfig):
     """Configuration of LoRA."""
 
-    method: ClassVar[str] = "lora"
-    r: int = field(default=8, metadata={"help": "Rank of the update B A."})
-    alpha: float = field(default=8.0, metadata={"help": "Scale numerator: the update is multiplied by alpha / r."})
-    dropout: float = field(default=0.0, metadata={"help": "Dropout probability on the input of the low-rank branch."})
-    targets: tuple[str, ...] = field(
-        default=("q", "v"),
-        metadata={
-            "help": "Layers to adapt in every block: 'q', 'k', 'v' (thirds of the fused attn.qkv), "
-            "'qkv', 'proj', 'fc1', 'fc2', or any dotted suffix of a linear layer's name."
-        },
-    )
-
-    def __post_init__(self) -> None:
-        method = self.method
-        if self.r < 1:
-            raise ValueError(f"{method}: r must be >= 1, got {self.r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"{method}: dropout must be in [0, 1), got {self.dropout}")
-        if not self.targets:
-            raise ValueError(f"{method}: targets must name at least one layer")
+    r: Rank = 8
+    """Rank of the update B A."""
+    alpha: float = 8.0
+    """Scale numerator: the update is multiplied by alpha / r."""
+    dropout: Dropout = 0.0
+    """Dropout probability on the input of the low-rank branch."""
+    targets: Targets = ("q", "v")
+    """Layers to adapt in every block: 'q', 'k', 'v' (thirds of the fused attn.qkv), 'qkv', 'proj',
+    'fc1', 'fc2', or any dotted suffix of a linear layer's name."""
 
 
 class LoRALinear(WeightUpdateWrapper):
@@ -62,7 +58,7 @@ class LoRALinear(WeightUpdateWrapper):
 
     Args:
         base_layer: The frozen linear layer.
-        parts: Parts to adapt (see [`find_linear_targets`][reference_impls.core.find_linear_targets]).
+        parts: Parts to adapt (see [`find_linear_targets`][reference_impls.targets.find_linear_targets]).
         r: Rank.
         alpha: Scale numerator.
         dropout: Dropout probability on the branch input.
@@ -127,8 +123,7 @@ def apply_lora(model: nn.Module, config: LoRAConfig) -> list[str]:
     Returns:
         An empty list: no backbone parameter is trained.
     """
-    check_vit(model, "lora")
-    for name, parts in find_linear_targets(model, config.targets, "lora").items():
+    for name, parts in find_linear_targets(model, config.targets).items():
         layer = model.get_submodule(name)
         replace_module(model, name, LoRALinear(layer, parts, config.r, config.alpha, config.dropout))
     return []

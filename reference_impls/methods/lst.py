@@ -36,41 +36,36 @@ them before training. LST is not mergeable: the prediction comes from the side n
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
 import torch
+from pydantic import model_validator
 from torch import nn
 from timm.models.vision_transformer import Block, init_weights_vit_timm
 
-from ..core import Wrapper, check_vit, register, replace_module
+from ..authoring import MethodConfig, NonNegativeInt, PositiveFloat, PositiveInt, Wrapper, register, replace_module
 
 
-@dataclass
-class LSTConfig:
+class LSTConfig(MethodConfig):
     """Configuration of Ladder Side-Tuning."""
 
-    reduction: int = field(default=8, metadata={"help": "Reduction factor r: side width d / r (8 in the paper's scripts)."})
-    num_heads: int = field(
-        default=0, metadata={"help": "Attention heads of the side layers; 0 keeps the backbone's number (as the official code)."}
-    )
-    side_layers: tuple[int, ...] = field(
-        default=(),
-        metadata={"help": "Indices of the backbone blocks that get a side layer, ladder and gate; empty = every block."},
-    )
-    gate_init: float = field(default=0.0, metadata={"help": "Initial gate parameter alpha_i (mu_i = sigmoid(alpha_i / T))."})
-    temperature: float = field(default=0.1, metadata={"help": "Gate temperature T."})
+    reduction: PositiveInt = 8
+    """Reduction factor r: side width d / r (8 in the paper's scripts)."""
+    num_heads: NonNegativeInt = 0
+    """Attention heads of the side layers; 0 keeps the backbone's number (as the official code)."""
+    side_layers: tuple[NonNegativeInt, ...] = ()
+    """Indices of the backbone blocks that get a side layer, ladder and gate; empty = every block."""
+    gate_init: float = 0.0
+    """Initial gate parameter alpha_i (mu_i = sigmoid(alpha_i / T))."""
+    temperature: PositiveFloat = 0.1
+    """Gate temperature T."""
 
-    def __post_init__(self) -> None:
-        if self.reduction < 1:
-            raise ValueError(f"lst: reduction must be >= 1, got {self.reduction}")
-        if self.num_heads < 0:
-            raise ValueError(f"lst: num_heads must be >= 0, got {self.num_heads}")
-        if len(set(self.side_layers)) != len(self.side_layers) or any(i < 0 for i in self.side_layers):
-            raise ValueError(f"lst: side_layers must be distinct block indices >= 0, got {self.side_layers}")
-        if self.temperature <= 0:
-            raise ValueError(f"lst: temperature must be > 0, got {self.temperature}")
+    @model_validator(mode="after")
+    def _distinct_side_layers(self) -> LSTConfig:
+        if len(set(self.side_layers)) != len(self.side_layers):
+            raise ValueError(f"side_layers must be distinct block indices, got {self.side_layers}")
+        return self
 
 
 class LadderBlock(Wrapper):
@@ -196,20 +191,19 @@ def apply_lst(model: nn.Module, config: LSTConfig) -> list[str]:
         ValueError: If the width is not divisible by r, the side width not by the number of
             heads, or a side layer index exceeds the depth.
     """
-    check_vit(model, "lst")
     dim, depth = int(model.embed_dim), len(model.blocks)
     if dim % config.reduction:
-        raise ValueError(f"lst: embed_dim {dim} is not divisible by reduction {config.reduction}")
+        raise ValueError(f"embed_dim {dim} is not divisible by reduction {config.reduction}")
     side_dim = dim // config.reduction
     backbone_heads = getattr(getattr(model.blocks[0], "attn", None), "num_heads", 1)
     heads = config.num_heads or backbone_heads
     if side_dim % heads:
         raise ValueError(
-            f"lst: side width {side_dim} (= {dim} / {config.reduction}) is not divisible by {heads} heads; set num_heads"
+            f"side width {side_dim} (= {dim} / {config.reduction}) is not divisible by {heads} heads; set num_heads"
         )
     too_deep = [i for i in config.side_layers if i >= depth]
     if too_deep:
-        raise ValueError(f"lst: side_layers {too_deep} exceed the model's depth ({depth} blocks)")
+        raise ValueError(f"side_layers {too_deep} exceed the model's depth ({depth} blocks)")
     chosen = set(config.side_layers) if config.side_layers else set(range(depth))
     reference = model.blocks[0].norm1.weight if hasattr(model.blocks[0], "norm1") else next(model.parameters())
     for index in range(depth):

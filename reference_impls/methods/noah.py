@@ -46,50 +46,43 @@ nonlinear). The LoRA part alone could be folded into `attn.qkv`.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from typing import Annotated, Any
 
 import torch
+from pydantic import Discriminator, Field, Tag
 from torch import nn
 
-from ..core import WHOLE, check_vit, register, replace_module
+from ..authoring import WHOLE, Dropout, MethodConfig, NonNegativeInt, register, replace_module
 from .adapter import AdapterLayer
 from .lora import LoRALinear
 from .vpt import PromptedBlock
 
-Sizes = int | tuple[int, ...]
+
+def _sizes_form(value: Any) -> str:
+    """Which form of `Sizes` a value is given in (a tuple or list: one entry per block)."""
+    return "per_block" if isinstance(value, (tuple, list)) else "all_blocks"
 
 
-@dataclass
-class NOAHConfig:
+Sizes = Annotated[
+    Annotated[NonNegativeInt, Tag("all_blocks")]
+    | Annotated[tuple[NonNegativeInt, ...], Field(min_length=1), Tag("per_block")],
+    Discriminator(_sizes_form),
+]
+"""A size per block: one number (>= 0) for every block, or a non-empty tuple with one entry (>= 0)
+per block. An error names the form checked: `field.all_blocks` or `field.per_block[i]`."""
+
+
+class NOAHConfig(MethodConfig):
     """Configuration of NOAH's retrained sub-network."""
 
-    prompt_tokens: Sizes = field(
-        default=10,
-        metadata={"help": "VPT prompt length per block (one number for all blocks, or one entry per block; 0 = none)."},
-    )
-    lora_ranks: Sizes = field(
-        default=10,
-        metadata={"help": "LoRA rank on the fused attn.qkv per block (one number or one entry per block; 0 = none)."},
-    )
-    adapter_dims: Sizes = field(
-        default=10,
-        metadata={"help": "Adapter bottleneck width on the MLP output per block (one number or one per block; 0 = none)."},
-    )
-    dropout: float = field(
-        default=0.1,
-        metadata={"help": "Dropout on prompts, on the LoRA branch input and after the adapter activation (official: 0.1)."},
-    )
-
-    def __post_init__(self) -> None:
-        for name in ("prompt_tokens", "lora_ranks", "adapter_dims"):
-            value = getattr(self, name)
-            values = (value,) if isinstance(value, int) else value
-            if not values:
-                raise ValueError(f"noah: {name} must be a number or have one entry per block, got ()")
-            if any(v < 0 for v in values):
-                raise ValueError(f"noah: {name} must be >= 0, got {value}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"noah: dropout must be in [0, 1), got {self.dropout}")
+    prompt_tokens: Sizes = 10
+    """VPT prompt length per block (one number for all blocks, or one entry per block; 0 = none)."""
+    lora_ranks: Sizes = 10
+    """LoRA rank on the fused attn.qkv per block (one number or one entry per block; 0 = none)."""
+    adapter_dims: Sizes = 10
+    """Adapter bottleneck width on the MLP output per block (one number or one per block; 0 = none)."""
+    dropout: Dropout = 0.1
+    """Dropout on prompts, on the LoRA branch input and after the adapter activation (official: 0.1)."""
 
     def per_block(self, name: str, depth: int) -> tuple[int, ...]:
         """Sizes of field `name` for each of `depth` blocks.
@@ -101,7 +94,7 @@ class NOAHConfig:
         if isinstance(value, int):
             return (value,) * depth
         if len(value) != depth:
-            raise ValueError(f"noah: {name} has {len(value)} entries, but the model has {depth} blocks")
+            raise ValueError(f"{name} has {len(value)} entries, but the model has {depth} blocks")
         return tuple(value)
 
 
@@ -144,7 +137,6 @@ def apply_noah(model: nn.Module, config: NOAHConfig) -> list[str]:
     Raises:
         ValueError: If a per-block tuple does not match the model's depth.
     """
-    check_vit(model, "noah")
     depth, dim = len(model.blocks), int(model.embed_dim)
     prompts = config.per_block("prompt_tokens", depth)
     ranks = config.per_block("lora_ranks", depth)
@@ -154,7 +146,7 @@ def apply_noah(model: nn.Module, config: NOAHConfig) -> list[str]:
             try:
                 model.blocks[index].get_submodule(path)
             except AttributeError:
-                raise ValueError(f"noah: block {index} has no {path!r} (a timm ViT block is expected)") from None
+                raise ValueError(f"block {index} has no {path!r} (a timm ViT block is expected)") from None
     # prompts present after block l: the block's own, or those passing through a block without prompts
     present, count = [], 0
     for p in prompts:

@@ -10,25 +10,19 @@ whichever exist) is trained together with the last k blocks.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from torch import nn
 
-from ..core import check_vit, register
+from ..authoring import MethodConfig, NonNegativeInt, register
 
 #: Modules between the last block and the head in timm vision transformers.
 POST_BLOCK_MODULES = ("norm", "fc_norm", "attn_pool")
 
 
-@dataclass
-class PartialKConfig:
+class PartialKConfig(MethodConfig):
     """Configuration of partial-k fine-tuning."""
 
-    k: int = field(default=1, metadata={"help": "Number of last transformer blocks to fine-tune (0 to depth)."})
-
-    def __post_init__(self) -> None:
-        if self.k < 0:
-            raise ValueError(f"partial-k: k must be >= 0, got {self.k}")
+    k: NonNegativeInt = 1
+    """Number of last transformer blocks to fine-tune (0 to depth)."""
 
 
 def apply_partial_k(model: nn.Module, config: PartialKConfig) -> list[str]:
@@ -44,10 +38,9 @@ def apply_partial_k(model: nn.Module, config: PartialKConfig) -> list[str]:
     Raises:
         ValueError: If `k` exceeds the number of blocks.
     """
-    check_vit(model, "partial-k")
     depth = len(model.blocks)
     if config.k > depth:
-        raise ValueError(f"partial-k: k={config.k} exceeds the model's depth ({depth} blocks)")
+        raise ValueError(f"k={config.k} exceeds the model's depth ({depth} blocks)")
     prefixes = tuple(f"blocks.{i}." for i in range(depth - config.k, depth))
     prefixes += tuple(f"{name}." for name in POST_BLOCK_MODULES)
     return [name for name, _ in model.named_parameters() if name.startswith(prefixes)]

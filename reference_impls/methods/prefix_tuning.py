@@ -28,25 +28,20 @@ with the real tokens inside the softmax.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from timm.layers import Attention
 from torch import nn
 
-from ..core import Wrapper, check_vit, register, replace_module
+from ..authoring import MethodConfig, PositiveInt, Wrapper, factory_kwargs, register, replace_module
 
 
-@dataclass
-class PrefixTuningConfig:
+class PrefixTuningConfig(MethodConfig):
     """Configuration of prefix-tuning."""
 
-    num_tokens: int = field(default=10, metadata={"help": "Prefix length p: key and value vectors per attention layer."})
-
-    def __post_init__(self) -> None:
-        if self.num_tokens < 1:
-            raise ValueError(f"prefix-tuning: num_tokens must be >= 1, got {self.num_tokens}")
+    num_tokens: PositiveInt = 10
+    """Prefix length p: key and value vectors per attention layer."""
 
 
 class PrefixAttention(Wrapper):
@@ -62,8 +57,7 @@ class PrefixAttention(Wrapper):
 
     def __init__(self, base_layer: Attention, num_tokens: int) -> None:
         super().__init__(base_layer)
-        weight = base_layer.qkv.weight
-        factory = {"device": weight.device, "dtype": weight.dtype}
+        factory = factory_kwargs(base_layer.qkv)
         self.num_tokens = num_tokens
         self.num_heads = int(base_layer.num_heads)
         self.head_dim = int(base_layer.head_dim)
@@ -139,7 +133,6 @@ def apply_prefix_tuning(model: nn.Module, config: PrefixTuningConfig) -> list[st
     Raises:
         TypeError: If a block's `attn` is not timm's `Attention` (with its own forward and a fused qkv).
     """
-    check_vit(model, "prefix-tuning")
     for index, block in enumerate(model.blocks):
         attn = getattr(block, "attn", None)
         if (
@@ -148,7 +141,7 @@ def apply_prefix_tuning(model: nn.Module, config: PrefixTuningConfig) -> list[st
             or not isinstance(getattr(attn, "qkv", None), nn.Linear)
         ):
             raise TypeError(
-                f"prefix-tuning: block {index} has attention {type(attn).__name__}; only timm's "
+                f"block {index} has attention {type(attn).__name__}; only timm's "
                 f"timm.layers.Attention with a fused qkv projection is supported"
             )
     for index, block in enumerate(model.blocks):

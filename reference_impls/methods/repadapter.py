@@ -23,54 +23,39 @@ alone. This needs a layer with a bias; layers without one are refused at apply t
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field, model_validator
 from torch import nn
 
-from ..core import MergeableWrapper, check_vit, register, replace_module
+from ..authoring import Dropout, MergeableWrapper, MethodConfig, PositiveInt, register, replace_module
 
 POSITIONS = {"attn": "attn.qkv", "mlp": "mlp.fc1"}
 """Adapter positions and the layer (relative to a block) whose input each adapter transforms."""
 
 
-@dataclass
-class RepAdapterConfig:
+class RepAdapterConfig(MethodConfig):
     """Configuration of RepAdapter."""
 
-    hidden_dim: int = field(default=8, metadata={"help": "Hidden width h of the adapter (official: 8)."})
-    groups: int = field(
-        default=2, metadata={"help": "Groups g of the block-diagonal up-projection (official: 2); must divide h and d."}
-    )
-    scale: float = field(
-        default=1.0, metadata={"help": "Scale s of the adapter branch (tuned per task in 0.1 ... 10)."}
-    )
-    dropout: float = field(
-        default=0.1, metadata={"help": "Dropout probability on the hidden features, training only (official: 0.1)."}
-    )
-    positions: tuple[str, ...] = field(
-        default=("attn", "mlp"),
-        metadata={
-            "help": "Adapters in every block: 'attn' (before attn.qkv), 'mlp' (before mlp.fc1); "
-            "('attn',) is RepAdapter_attn."
-        },
-    )
+    hidden_dim: PositiveInt = 8
+    """Hidden width h of the adapter (official: 8)."""
+    groups: PositiveInt = 2
+    """Groups g of the block-diagonal up-projection (official: 2); must divide h and d."""
+    scale: float = 1.0
+    """Scale s of the adapter branch (tuned per task in 0.1 ... 10)."""
+    dropout: Dropout = 0.1
+    """Dropout probability on the hidden features, training only (official: 0.1)."""
+    positions: Annotated[tuple[Literal["attn", "mlp"], ...], Field(min_length=1)] = ("attn", "mlp")
+    """Adapters in every block: 'attn' (before attn.qkv), 'mlp' (before mlp.fc1); ('attn',) is
+    RepAdapter_attn."""
 
-    def __post_init__(self) -> None:
-        if self.hidden_dim < 1:
-            raise ValueError(f"repadapter: hidden_dim must be >= 1, got {self.hidden_dim}")
-        if self.groups < 1 or self.hidden_dim % self.groups:
-            raise ValueError(
-                f"repadapter: groups must be >= 1 and divide hidden_dim {self.hidden_dim}, got {self.groups}"
-            )
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"repadapter: dropout must be in [0, 1), got {self.dropout}")
-        unknown = sorted(set(self.positions) - set(POSITIONS))
-        if not self.positions or unknown:
-            raise ValueError(
-                f"repadapter: positions must be a non-empty subset of {tuple(POSITIONS)}, got {self.positions}"
-            )
+    @model_validator(mode="after")
+    def _groups_divide_hidden_dim(self) -> RepAdapterConfig:
+        if self.hidden_dim % self.groups:
+            raise ValueError(f"groups must divide hidden_dim {self.hidden_dim}, got {self.groups}")
+        return self
 
 
 class RepAdapterLinear(MergeableWrapper):
@@ -122,7 +107,7 @@ class RepAdapterLinear(MergeableWrapper):
 
     def fold(self) -> None:
         """Re-parameterize: fold $f$ into the base weight and bias
-        (see [`MergeableWrapper`][reference_impls.core.MergeableWrapper])."""
+        (see [`MergeableWrapper`][reference_impls.wrappers.MergeableWrapper])."""
         weight, bias = self.base_layer.weight, self.base_layer.bias
         w0 = weight.detach().clone()
         up = self.up_weight()
@@ -151,7 +136,6 @@ def apply_repadapter(model: nn.Module, config: RepAdapterConfig) -> list[str]:
         ValueError: If such a layer has no bias (the adapter could not be merged into it) or
             `groups` does not divide its input width.
     """
-    check_vit(model, "repadapter")
     names = [f"blocks.{index}.{POSITIONS[p]}" for index in range(len(model.blocks)) for p in config.positions]
     layers = {}
     for name in names:
@@ -160,14 +144,14 @@ def apply_repadapter(model: nn.Module, config: RepAdapterConfig) -> list[str]:
         except AttributeError:
             layer = None
         if not isinstance(layer, nn.Linear):
-            raise TypeError(f"repadapter: the model has no linear layer {name!r} to put an adapter before")
+            raise TypeError(f"the model has no linear layer {name!r} to put an adapter before")
         if layer.bias is None:
             raise ValueError(
-                f"repadapter: layer {name!r} has no bias, so the adapter's biases could not be merged into it"
+                f"layer {name!r} has no bias, so the adapter's biases could not be merged into it"
             )
         if layer.in_features % config.groups:
             raise ValueError(
-                f"repadapter: groups {config.groups} does not divide the width {layer.in_features} of {name!r}"
+                f"groups {config.groups} does not divide the width {layer.in_features} of {name!r}"
             )
         layers[name] = layer
     for name, layer in layers.items():

@@ -36,36 +36,41 @@ mergeable: the side network runs next to the backbone at inference.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
+from pydantic import model_validator
 from torch import nn
 from timm.models.vision_transformer import VisionTransformer
 
-from ..core import Wrapper, check_vit, head_modules, register, replace_module
+from ..authoring import MethodConfig, PositiveInt, Wrapper, factory_kwargs, head_modules, register, replace_module
 
 
-@dataclass
-class SideTuningConfig:
+class SideTuningConfig(MethodConfig):
     """Configuration of Side-Tuning."""
 
-    side: Literal["conv", "mlp", "vit"] = field(
-        default="conv", metadata={"help": "Side network: small conv net, MLP on the pooled image, or a narrow fresh ViT."}
-    )
-    width: int = field(default=64, metadata={"help": "Channels (conv), hidden width (mlp) or embedding width (vit)."})
-    depth: int = field(default=4, metadata={"help": "Conv layers (conv), linear layers (mlp) or blocks (vit)."})
-    num_heads: int = field(default=4, metadata={"help": "Attention heads of the 'vit' side network."})
-    pool_size: int = field(default=8, metadata={"help": "The 'mlp' side network reads the image average-pooled to this size."})
-    alpha_init: float = field(default=0.0, metadata={"help": "Initial blending logit a; alpha = sigmoid(a) weighs the backbone."})
-    learn_alpha: bool = field(default=True, metadata={"help": "Learn a (as the official code); otherwise alpha stays fixed."})
+    side: Literal["conv", "mlp", "vit"] = "conv"
+    """Side network: small conv net, MLP on the pooled image, or a narrow fresh ViT."""
+    width: PositiveInt = 64
+    """Channels (conv), hidden width (mlp) or embedding width (vit)."""
+    depth: PositiveInt = 4
+    """Conv layers (conv), linear layers (mlp) or blocks (vit)."""
+    num_heads: PositiveInt = 4
+    """Attention heads of the 'vit' side network."""
+    pool_size: PositiveInt = 8
+    """The 'mlp' side network reads the image average-pooled to this size."""
+    alpha_init: float = 0.0
+    """Initial blending logit a; alpha = sigmoid(a) weighs the backbone."""
+    learn_alpha: bool = True
+    """Learn a (as the official code); otherwise alpha stays fixed."""
 
-    def __post_init__(self) -> None:
-        for name in ("width", "depth", "pool_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"side-tuning: {name} must be >= 1, got {getattr(self, name)}")
-        if self.side == "vit" and (self.num_heads < 1 or self.width % self.num_heads):
-            raise ValueError(f"side-tuning: width {self.width} must be divisible by num_heads {self.num_heads} (>= 1)")
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> SideTuningConfig:
+        if self.side == "vit" and self.width % self.num_heads:
+            raise ValueError(
+                f"width {self.width} must be divisible by num_heads {self.num_heads} for the 'vit' side network"
+            )
+        return self
 
 
 def conv_side_network(in_chans: int, width: int, depth: int, out_dim: int, factory: dict[str, Any]) -> nn.Module:
@@ -154,7 +159,7 @@ class SideTuningBranch(nn.Module):
         side = self.features
         if side is None or side.shape[0] != base.shape[0]:
             raise RuntimeError(
-                "side-tuning: the head needs the side features of the same batch; run model(x) "
+                "the side-tuning head needs the side features of the same batch; run model(x) "
                 "(or forward_features on this batch before forward_head)"
             )
         alpha = self.alpha().to(base.dtype)
@@ -223,23 +228,21 @@ def apply_side_tuning(model: nn.Module, config: SideTuningConfig) -> list[str]:
     Raises:
         ValueError: If the model has no `patch_embed` (the side network needs the input image).
     """
-    check_vit(model, "side-tuning")
     patch_embed = getattr(model, "patch_embed", None)
     if not isinstance(patch_embed, nn.Module):
-        raise ValueError("side-tuning: the model has no patch_embed to read the input image from")
+        raise ValueError("the model has no patch_embed to read the input image from")
     head = model.head
     dim = head.in_features if isinstance(head, nn.Linear) else int(getattr(model, "num_features", model.embed_dim))
     proj = getattr(patch_embed, "proj", None)
     in_chans = proj.in_channels if isinstance(proj, nn.Conv2d) else 3
-    reference = next(patch_embed.parameters())
-    factory = {"device": reference.device, "dtype": reference.dtype}
+    factory = factory_kwargs(patch_embed)
     if config.side == "conv":
         side = conv_side_network(in_chans, config.width, config.depth, dim, factory)
     elif config.side == "mlp":
         side = mlp_side_network(in_chans, config.pool_size, config.width, config.depth, dim, factory)
     else:
         side = vit_side_network(model, config, in_chans, dim, factory)
-    branch = SideTuningBranch(side, config.alpha_init, config.learn_alpha, reference)
+    branch = SideTuningBranch(side, config.alpha_init, config.learn_alpha, next(patch_embed.parameters()))
     branch.train(model.training)
     model.peft_side_tuning = branch
     replace_module(model, "patch_embed", SideInput(patch_embed, branch))

@@ -24,15 +24,17 @@ backbone right after `apply`. The official code instead draws $\\gamma \\sim \\m
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import Annotated
 
 import torch
+from pydantic import Field, model_validator
 from torch import nn
 
-from ..core import (
+from ..authoring import (
     QKV_PARTS,
     MergeableWrapper,
-    check_vit,
+    MethodConfig,
+    Targets,
     find_linear_targets,
     head_modules,
     register,
@@ -46,35 +48,22 @@ NORM = "norm"
 """Target naming every LayerNorm of the model (outside the classifier head)."""
 
 
-@dataclass
-class SSFConfig:
+class SSFConfig(MethodConfig):
     """Configuration of SSF."""
 
-    targets: tuple[str, ...] = field(
-        default=(PATCH_EMBED, NORM, "qkv", "proj", "fc1", "fc2"),
-        metadata={
-            "help": "Operations followed by a scale and shift: 'patch_embed' (the patch projection), 'norm' "
-            "(every LayerNorm), and linear layers of the blocks ('qkv', 'proj', 'fc1', 'fc2' or any dotted suffix)."
-        },
-    )
-    init_std: float = field(
-        default=0.0,
-        metadata={
-            "help": "0: gamma = 1, beta = 0 (identity at init). > 0: gamma ~ N(1, std^2), beta ~ N(0, std^2); "
-            "the official code uses 0.02."
-        },
-    )
+    targets: Targets = (PATCH_EMBED, NORM, "qkv", "proj", "fc1", "fc2")
+    """Operations followed by a scale and shift: 'patch_embed' (the patch projection), 'norm' (every
+    LayerNorm), and linear layers of the blocks ('qkv', 'proj', 'fc1', 'fc2' or any dotted suffix)."""
+    init_std: Annotated[float, Field(ge=0.0)] = 0.0
+    """0: gamma = 1, beta = 0 (identity at init). > 0: gamma ~ N(1, std^2), beta ~ N(0, std^2); the
+    official code uses 0.02."""
 
-    def __post_init__(self) -> None:
-        if not self.targets:
-            raise ValueError("ssf: targets must name at least one operation")
-        if self.init_std < 0:
-            raise ValueError(f"ssf: init_std must be >= 0, got {self.init_std}")
+    @model_validator(mode="after")
+    def _whole_outputs_only(self) -> SSFConfig:
         sliced = [t for t in self.targets if t in QKV_PARTS]
         if sliced:
-            raise ValueError(
-                f"ssf: targets {sliced} are thirds of attn.qkv; SSF modulates whole outputs (use 'qkv')"
-            )
+            raise ValueError(f"targets {sliced} are thirds of attn.qkv; SSF modulates whole outputs (use 'qkv')")
+        return self
 
 
 class SSFWrapper(MergeableWrapper):
@@ -148,26 +137,26 @@ def find_ssf_targets(model: nn.Module, targets: tuple[str, ...]) -> list[str]:
     if PATCH_EMBED in targets:
         proj = getattr(getattr(model, "patch_embed", None), "proj", None)
         if not isinstance(proj, (nn.Conv2d, nn.Linear)):
-            raise ValueError("ssf: target 'patch_embed' needs a `patch_embed.proj` convolution or linear layer")
+            raise ValueError("target 'patch_embed' needs a `patch_embed.proj` convolution or linear layer")
         chosen.add("patch_embed.proj")
     if NORM in targets:
         norms = [n for n, m in modules.items() if isinstance(m, nn.LayerNorm) and not n.startswith(heads)]
         if not norms:
-            raise ValueError("ssf: target 'norm' matches no LayerNorm in the model")
+            raise ValueError("target 'norm' matches no LayerNorm in the model")
         chosen.update(norms)
     if linear_targets:
-        chosen.update(find_linear_targets(model, linear_targets, "ssf"))
+        chosen.update(find_linear_targets(model, linear_targets))
     ordered = [n for n in modules if n in chosen]
     for name in ordered:
         layer = modules[name]
         if getattr(layer, "weight", None) is None or getattr(layer, "bias", None) is None:
             raise ValueError(
-                f"ssf: layer {name!r} has no weight or no bias, so a scale and shift cannot be folded into it; "
+                f"layer {name!r} has no weight or no bias, so a scale and shift cannot be folded into it; "
                 f"leave it out of targets"
             )
         if isinstance(layer, nn.LayerNorm) and len(layer.normalized_shape) != 1:
             shape = tuple(layer.normalized_shape)
-            raise ValueError(f"ssf: LayerNorm {name!r} normalizes over {shape}; expected one dimension")
+            raise ValueError(f"LayerNorm {name!r} normalizes over {shape}; expected one dimension")
     return ordered
 
 
@@ -181,7 +170,6 @@ def apply_ssf(model: nn.Module, config: SSFConfig) -> list[str]:
     Returns:
         An empty list: no backbone parameter is trained.
     """
-    check_vit(model, "ssf")
     # resolve and check every target before changing the model
     names = find_ssf_targets(model, config.targets)
     for name in names:

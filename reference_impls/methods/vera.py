@@ -30,47 +30,38 @@ whole fused layer as one $3d \\times d$ matrix.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core import WeightUpdateWrapper, check_vit, find_linear_targets, output_splits, register, replace_module
+from ..authoring import (
+    Dropout,
+    MethodConfig,
+    NonNegativeInt,
+    Rank,
+    Targets,
+    WeightUpdateWrapper,
+    find_linear_targets,
+    output_splits,
+    register,
+    replace_module,
+)
 
 
-@dataclass
-class VeRAConfig:
+class VeRAConfig(MethodConfig):
     """Configuration of VeRA."""
 
-    r: int = field(
-        default=256,
-        metadata={"help": "Rank of the shared random projections; a larger r costs only r numbers per adapted layer."},
-    )
-    d_init: float = field(
-        default=0.1, metadata={"help": "Initial value of every entry of the vector d (b starts at 0)."}
-    )
-    dropout: float = field(default=0.0, metadata={"help": "Dropout probability on the input of the VeRA branch."})
-    targets: tuple[str, ...] = field(
-        default=("q", "v"),
-        metadata={
-            "help": "Layers to adapt in every block: 'q', 'k', 'v' (thirds of the fused attn.qkv), "
-            "'qkv', 'proj', 'fc1', 'fc2', or any dotted suffix of a linear layer's name."
-        },
-    )
-    seed: int = field(
-        default=0, metadata={"help": "Seed of the generator that draws the frozen shared matrices A and B."}
-    )
-
-    def __post_init__(self) -> None:
-        if self.r < 1:
-            raise ValueError(f"vera: r must be >= 1, got {self.r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"vera: dropout must be in [0, 1), got {self.dropout}")
-        if not self.targets:
-            raise ValueError("vera: targets must name at least one layer")
-        if self.seed < 0:
-            raise ValueError(f"vera: seed must be >= 0, got {self.seed}")
+    r: Rank = 256
+    """Rank of the shared random projections; a larger r costs only r numbers per adapted layer."""
+    d_init: float = 0.1
+    """Initial value of every entry of the vector d (b starts at 0)."""
+    dropout: Dropout = 0.0
+    """Dropout probability on the input of the VeRA branch."""
+    targets: Targets = ("q", "v")
+    """Layers to adapt in every block: 'q', 'k', 'v' (thirds of the fused attn.qkv), 'qkv', 'proj',
+    'fc1', 'fc2', or any dotted suffix of a linear layer's name."""
+    seed: NonNegativeInt = 0
+    """Seed of the generator that draws the frozen shared matrices A and B."""
 
 
 class SharedProjection(nn.Module):
@@ -98,7 +89,7 @@ class VeRALinear(WeightUpdateWrapper):
 
     Args:
         base_layer: The frozen linear layer.
-        parts: Parts to adapt (see [`find_linear_targets`][reference_impls.core.find_linear_targets]).
+        parts: Parts to adapt (see [`find_linear_targets`][reference_impls.targets.find_linear_targets]).
         projection_a: Shared $A$, of shape `(r, in_features)`.
         projection_b: Shared $B$, of shape `(d_part, r)`.
         d_init: Initial value of the entries of $\\mathbf{d}$.
@@ -202,8 +193,7 @@ def apply_vera(model: nn.Module, config: VeRAConfig) -> list[str]:
     Returns:
         An empty list: no backbone parameter is trained.
     """
-    check_vit(model, "vera")
-    targets = find_linear_targets(model, config.targets, "vera")
+    targets = find_linear_targets(model, config.targets)
     layers = {name: model.get_submodule(name) for name in targets}
     # every adapted part of a layer has the same width: all of it, or a third of a fused qkv
     out_width = {

@@ -26,28 +26,21 @@ the paper.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
 from torch import nn
 
-from ..core import Wrapper, check_vit, register, replace_module
+from ..authoring import MethodConfig, PositiveInt, Wrapper, register, replace_module
 
 
-@dataclass
-class VisualPromptingConfig:
+class VisualPromptingConfig(MethodConfig):
     """Configuration of visual prompting with a padding (frame) prompt."""
 
-    prompt_size: int = field(default=30, metadata={"help": "Frame width p in pixels (paper: 30 on 224 x 224 images)."})
-    init: Literal["normal", "zeros"] = field(
-        default="normal",
-        metadata={"help": "'normal': phi ~ N(0, 1) as in the paper's code; 'zeros': start at zero (identity)."},
-    )
-
-    def __post_init__(self) -> None:
-        if self.prompt_size < 1:
-            raise ValueError(f"visual-prompting: prompt_size must be >= 1, got {self.prompt_size}")
+    prompt_size: PositiveInt = 30
+    """Frame width p in pixels (paper: 30 on 224 x 224 images)."""
+    init: Literal["normal", "zeros"] = "normal"
+    """'normal': phi ~ N(0, 1) as in the paper's code; 'zeros': start at zero (identity)."""
 
 
 def frame_strips(height: int, width: int, size: int) -> dict[str, tuple[int, int]]:
@@ -133,7 +126,7 @@ class PaddingPrompter(Wrapper):
         """Add the frame to the images `x` `(B, C, H, W)` and call the wrapped module."""
         if tuple(x.shape[-3:]) != (self.channels, *self.image_size):
             raise RuntimeError(
-                f"visual-prompting: the prompt is made for images of shape {(self.channels, *self.image_size)}, "
+                f"the visual prompt is made for images of shape {(self.channels, *self.image_size)}, "
                 f"got {tuple(x.shape[-3:])}"
             )
         # x̃ = x + M ⊙ φ
@@ -167,14 +160,11 @@ def apply_visual_prompting(model: nn.Module, config: VisualPromptingConfig) -> l
         TypeError: If the model has no `patch_embed` with a fixed `img_size` and a convolutional
             projection (from which the channel count is read).
     """
-    check_vit(model, "visual-prompting")
     patch_embed = getattr(model, "patch_embed", None)
     image_size = getattr(patch_embed, "img_size", None)
     proj = getattr(patch_embed, "proj", None)
     if image_size is None or len(image_size) != 2 or not isinstance(proj, nn.Conv2d):
-        raise TypeError(
-            "visual-prompting: the model needs a patch_embed with a fixed img_size and a Conv2d projection"
-        )
+        raise TypeError("the model needs a patch_embed with a fixed img_size and a Conv2d projection")
     prompter = PaddingPrompter(
         patch_embed,
         channels=proj.in_channels,

@@ -29,27 +29,21 @@ VPT is not mergeable: prompts are extra tokens, not a weight update.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..core import Wrapper, check_vit, register, replace_module
+from ..authoring import Dropout, MethodConfig, PositiveInt, Wrapper, register, replace_module
 
 
-@dataclass
-class VPTConfig:
+class VPTConfig(MethodConfig):
     """Configuration of VPT (shallow and deep)."""
 
-    num_tokens: int = field(default=10, metadata={"help": "Number of prompt tokens p (per block for VPT-deep)."})
-    dropout: float = field(default=0.0, metadata={"help": "Dropout probability applied to the prompt tokens."})
-
-    def __post_init__(self) -> None:
-        if self.num_tokens < 1:
-            raise ValueError(f"vpt: num_tokens must be >= 1, got {self.num_tokens}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"vpt: dropout must be in [0, 1), got {self.dropout}")
+    num_tokens: PositiveInt = 10
+    """Number of prompt tokens p (per block for VPT-deep)."""
+    dropout: Dropout = 0.0
+    """Dropout probability applied to the prompt tokens."""
 
 
 class PromptedBlock(Wrapper):
@@ -122,8 +116,6 @@ def _init_prompt(model: nn.Module, num_tokens: int) -> torch.Tensor:
 
 
 def _apply_vpt(model: nn.Module, config: VPTConfig, deep: bool) -> list[str]:
-    name = "vpt-deep" if deep else "vpt-shallow"
-    check_vit(model, name)
     depth = len(model.blocks)
     for index in range(depth):
         first, last = index == 0, index == depth - 1

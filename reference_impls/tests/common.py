@@ -99,13 +99,17 @@ BACKBONES: dict[str, tuple[str, dict[str, Any]]] = {
     "distilled": ("deit_tiny_distilled_patch16_224", {}),
 }
 
-# Absolute tolerances, all in one place.
+# Absolute tolerances, all in one place. The tests run in float64 (conftest.py): two computations
+# of the same real-valued function differ only by rounding, float64's unit roundoff is 1.1e-16, and
+# a tiny ViT's outputs are of order 1 after a few hundred rounded operations, so such differences
+# stay near 1e-14. 1e-10 leaves four orders of magnitude of margin on any CPU, while a real
+# mismatch (a wrong fold or scale) moves the outputs by 1e-3 or more once `perturb` has run.
 TOL: dict[str, float] = {
     "identity": 0.0,  # un-adapted vs freshly adapted output
-    "merge": 1e-5,  # merged vs unmerged output
+    "merge": 1e-10,  # merged vs unmerged output (the same function, rounded differently)
     "unmerge": 0.0,  # restored weight vs original weight
     "save_load": 0.0,  # output before saving vs after loading into a fresh model
-    "peer": 1e-5,  # our output vs HF PEFT's output
+    "peer": 1e-10,  # our output vs HF PEFT's output (the same function, rounded differently)
 }
 
 NUM_CLASSES = TINY["num_classes"]

@@ -1,7 +1,7 @@
 """Trainable-parameter counts as papers print them, for the method-specific tests.
 
 A paper prints the parameters a method adds to ViT-B/16 in millions (`params_m` of the rows in
-`taxonomy/results/vtab-1k/*.yaml`, usually without the head) at some precision, e.g. 0.16 or
+`taxonomy/reported/vtab-1k/*.yaml`, usually without the head) at some precision, e.g. 0.16 or
 0.157. `added_parameters` counts what our implementation adds for a configuration and
 `assert_printed` checks that it rounds to the printed number at the printed precision.
 """
@@ -17,13 +17,13 @@ import timm
 
 import reference_impls as ri
 
-RESULTS = Path(__file__).resolve().parents[2] / "taxonomy" / "results"
+RESULTS = Path(__file__).resolve().parents[2] / "taxonomy" / "reported"
 
 
 @dataclass(frozen=True)
 class Reported:
     """One printed count: `printed` as in the paper (a string, to keep its precision), the results
-    file (relative to taxonomy/results) and the row label it is stored under."""
+    file (relative to taxonomy/reported) and the row label it is stored under."""
 
     printed: str
     file: str

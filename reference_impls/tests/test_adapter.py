@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import reference_impls as ri
+from reference_impls.wrappers import Wrapper
 
 from .common import BACKBONES, batch, build, perturb
 from .reported import Reported, added_parameters, assert_printed, in_millions, stored_params_m
@@ -53,10 +54,10 @@ def test_matches_equations(backbone: str, kwargs: dict, activation) -> None:
 def test_adapters_wrap_the_attention_and_mlp_outputs() -> None:
     model = ri.apply(build(), "adapter", bottleneck=4)
     for block in model.blocks:
-        assert isinstance(block.attn, ri.Wrapper) and isinstance(block.mlp, ri.Wrapper)
+        assert isinstance(block.attn, Wrapper) and isinstance(block.mlp, Wrapper)
     mlp_only = ri.apply(build(), "adapter", bottleneck=4, positions=("mlp",))
-    assert not any(isinstance(b.attn, ri.Wrapper) for b in mlp_only.blocks)
-    assert all(isinstance(b.mlp, ri.Wrapper) for b in mlp_only.blocks)
+    assert not any(isinstance(b.attn, Wrapper) for b in mlp_only.blocks)
+    assert all(isinstance(b.mlp, Wrapper) for b in mlp_only.blocks)
 
 
 def test_train_norms_selects_every_layernorm() -> None:
@@ -80,9 +81,9 @@ def test_houlsby_init_is_near_identity() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "pattern"),
     [
-        ({"bottleneck": 0}, r"adapter: bottleneck must be >= 1, got 0"),
-        ({"positions": ("attn", "ffn")}, r"adapter: unknown positions \['ffn'\]"),
-        ({"positions": ()}, r"adapter: positions must name at least one"),
+        ({"bottleneck": 0}, r"^adapter: config field 'bottleneck' must be greater than or equal to 1, got 0$"),
+        ({"positions": ("attn", "ffn")}, r"^adapter: config field 'positions\[1\]' must be 'attn' or 'mlp', got 'ffn'$"),
+        ({"positions": ()}, r"^adapter: config field 'positions' must have at least 1 item\(s\), got \(\)$"),
     ],
 )
 def test_bad_config(kwargs: dict, pattern: str) -> None:

@@ -11,6 +11,7 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 import reference_impls as ri
+from reference_impls.wrappers import Wrapper
 
 from .common import BACKBONES, TINY, batch, build, perturb
 from .reported import Reported, added_parameters, assert_printed, in_millions, stored_params_m
@@ -64,7 +65,7 @@ def test_refuses_blocks_with_another_forward() -> None:
     model.blocks[1].__class__ = OtherBlock
     with pytest.raises(TypeError, match=r"adaptformer: block 1 is OtherBlock; only timm's pre-norm"):
         ri.apply(model, "adaptformer")
-    assert not any(isinstance(b, ri.Wrapper) for b in model.blocks)
+    assert not any(isinstance(b, Wrapper) for b in model.blocks)
     res_post = timm.create_model("vit_tiny_patch16_224", **TINY, block_fn=timm.models.vision_transformer.ResPostBlock)
     with pytest.raises(TypeError, match=r"block 0 is ResPostBlock"):
         ri.apply(res_post, "adaptformer")

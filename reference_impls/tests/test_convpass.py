@@ -10,6 +10,7 @@ from torch import nn
 
 import reference_impls as ri
 from reference_impls.methods.convpass import ConvBypass
+from reference_impls.wrappers import Wrapper
 
 from .common import BACKBONES, batch, build, perturb
 from .reported import Reported, added_parameters, assert_printed, stored_params_m
@@ -42,7 +43,7 @@ def reference_forward(model: nn.Module, images: torch.Tensor, scale: float) -> t
     for block in model.blocks:
         for norm, layer in ((block.norm1, block.attn), (block.norm2, block.mlp)):
             h = norm(x)
-            if isinstance(layer, ri.Wrapper):
+            if isinstance(layer, Wrapper):
                 x = x + layer.base_layer(h) + scale * bypass_reference(layer.peft_bypass, h)
             else:
                 x = x + layer(h)

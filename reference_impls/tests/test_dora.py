@@ -8,7 +8,7 @@ import torch
 import reference_impls as ri
 from reference_impls.methods.dora import DoRALinear
 
-from .common import Case, applied, batch, build
+from .common import TOL, Case, applied, batch, build
 
 
 def test_magnitude_starts_at_the_row_norms_of_adapted_parts() -> None:
@@ -74,4 +74,4 @@ def test_equals_lora_when_the_magnitude_is_the_norm_of_the_adapted_weight() -> N
                     if part in module.peft_magnitude:
                         module.peft_magnitude[part].copy_(norms[start : start + size])
                     start += size
-        torch.testing.assert_close(dora(images), lora(images), atol=1e-5, rtol=0.0)
+        torch.testing.assert_close(dora(images), lora(images), atol=TOL["merge"], rtol=0.0)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import pytest
@@ -22,11 +21,11 @@ def test_unknown_method_lists_registered_ones() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "pattern"),
     [
-        ({"r": "8"}, r"field 'r' of method 'lora' expects int, got '8' \(str\)"),
-        ({"r": True}, r"field 'r' of method 'lora' expects int, got True \(bool\)"),
-        ({"alpha": "big"}, r"field 'alpha' of method 'lora' expects float, got 'big'"),
-        ({"targets": "q"}, r"field 'targets' of method 'lora' expects tuple\[str, \.\.\.\], got 'q'"),
-        ({"targets": ("q", 1)}, r"field 'targets' .* got \('q', 1\)"),
+        ({"r": "8"}, r"^lora: config field 'r' expects a valid integer, got '8' \(str\)$"),
+        ({"r": True}, r"^lora: config field 'r' expects a valid integer, got True \(bool\)$"),
+        ({"alpha": "big"}, r"^lora: config field 'alpha' expects a valid number, got 'big' \(str\)$"),
+        ({"targets": "q"}, r"^lora: config field 'targets' expects a valid tuple, got 'q' \(str\)$"),
+        ({"targets": ("q", 1)}, r"^lora: config field 'targets\[1\]' expects a valid string, got 1 \(int\)$"),
     ],
 )
 def test_config_field_of_wrong_type(kwargs: dict, pattern: str) -> None:
@@ -35,22 +34,23 @@ def test_config_field_of_wrong_type(kwargs: dict, pattern: str) -> None:
 
 
 def test_unknown_config_field_lists_valid_fields() -> None:
-    with pytest.raises(ValueError, match=r"unknown config field\(s\) 'rank' for method 'lora'; valid fields: r, alpha, dropout, targets"):
+    with pytest.raises(ValueError, match=r"^lora: unknown config field 'rank'; valid fields: r, alpha, dropout, targets$"):
         ri.apply(build(), "lora", rank=8)
 
 
 @pytest.mark.parametrize(
     ("method", "kwargs", "pattern"),
     [
-        ("lora", {"r": 0}, r"lora: r must be >= 1, got 0"),
-        ("lora", {"dropout": 1.0}, r"lora: dropout must be in \[0, 1\)"),
-        ("lora", {"targets": ()}, r"lora: targets must name at least one layer"),
-        ("partial-k", {"k": -1}, r"partial-k: k must be >= 0"),
-        ("partial-k", {"k": 3}, r"partial-k: k=3 exceeds the model's depth \(2 blocks\)"),
-        ("vpt-deep", {"num_tokens": 0}, r"vpt: num_tokens must be >= 1"),
-        ("dora", {"r": 0}, r"dora: r must be >= 1, got 0"),
-        ("ia3", {"feedforward": ("fc1",)}, r"ia3: feedforward entries \['fc1'\] must also be in targets"),
-        ("ia3", {"targets": ("k",), "feedforward": ("k",)}, r"ia3: feedforward entries \['k'\] are output slices"),
+        ("lora", {"r": 0}, r"^lora: config field 'r' must be greater than or equal to 1, got 0$"),
+        ("lora", {"dropout": 1.0}, r"^lora: config field 'dropout' must be less than 1, got 1.0$"),
+        ("lora", {"dropout": -0.1}, r"^lora: config field 'dropout' must be greater than or equal to 0, got -0.1$"),
+        ("lora", {"targets": ()}, r"^lora: config field 'targets' must have at least 1 item\(s\), got \(\)$"),
+        ("partial-k", {"k": -1}, r"^partial-k: config field 'k' must be greater than or equal to 0, got -1$"),
+        ("partial-k", {"k": 3}, r"^partial-k: k=3 exceeds the model's depth \(2 blocks\)"),
+        ("vpt-deep", {"num_tokens": 0}, r"^vpt-deep: config field 'num_tokens' must be greater than or equal to 1, got 0$"),
+        ("dora", {"r": 0}, r"^dora: config field 'r' must be greater than or equal to 1, got 0$"),
+        ("ia3", {"feedforward": ("fc1",)}, r"^ia3: feedforward entries \['fc1'\] must also be in targets"),
+        ("ia3", {"targets": ("k",), "feedforward": ("k",)}, r"^ia3: feedforward entries \['k'\] are output slices"),
     ],
 )
 def test_config_value_out_of_range(method: str, kwargs: dict, pattern: str) -> None:
@@ -59,7 +59,7 @@ def test_config_value_out_of_range(method: str, kwargs: dict, pattern: str) -> N
 
 
 def test_target_matching_nothing_names_pattern_and_candidates() -> None:
-    with pytest.raises(ValueError, match=r"target 'query' matches no linear layer .*candidates: q, k, v, attn.proj, attn.qkv, mlp.fc1, mlp.fc2"):
+    with pytest.raises(ValueError, match=r"^lora: target 'query' matches no linear layer .*candidates: q, k, v, attn.proj, attn.qkv, mlp.fc1, mlp.fc2"):
         ri.apply(build(), "lora", targets=("q", "query"))
 
 
@@ -74,14 +74,14 @@ def test_failed_apply_leaves_model_untouched() -> None:
 
 
 def test_overlapping_targets_refused() -> None:
-    with pytest.raises(ValueError, match=r"targets overlap on layer 'blocks.0.attn.qkv'"):
+    with pytest.raises(ValueError, match=r"^lora: targets overlap on layer 'blocks.0.attn.qkv'"):
         ri.apply(build(), "lora", targets=("q", "qkv"))
 
 
-@pytest.mark.parametrize("method", ri.methods())
+@pytest.mark.parametrize("method", ri.list_methods())
 def test_unsupported_backbone(method: str) -> None:
     model = torch.nn.Sequential(torch.nn.Linear(4, 4))
-    with pytest.raises(TypeError, match=rf"method '{method}' supports timm VisionTransformer .*got Sequential"):
+    with pytest.raises(TypeError, match=rf"^{method}: the model must be a timm VisionTransformer .*got Sequential"):
         ri.apply(model, method)
 
 
@@ -137,16 +137,17 @@ def test_load_refuses_other_format_version(tmp_path) -> None:
         ri.load_adapter(build(), path)
 
 
-@pytest.mark.parametrize("method", ri.methods())
+@pytest.mark.parametrize("method", ri.list_methods())
 def test_config_contract(method: str) -> None:
-    """Every config is a dataclass whose fields have a type, a default and a help text, and
+    """Every config is a MethodConfig whose fields have a type, a default and a docstring, and
     whose defaults survive a JSON round trip through apply's type check."""
     cls = ri.get_config_class(method)
-    assert dataclasses.is_dataclass(cls)
-    for f in dataclasses.fields(cls):
-        assert f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING, f.name
-        assert f.metadata.get("help"), f"{method}.{f.name} has no help text"
-    defaults = json.loads(json.dumps(dataclasses.asdict(cls())))
+    assert issubclass(cls, ri.MethodConfig)
+    for name, info in cls.model_fields.items():
+        assert not info.is_required(), f"{method}.{name} has no default"
+        assert info.annotation is not None, f"{method}.{name} has no type"
+        assert info.description, f"{method}.{name} has no docstring"
+    defaults = json.loads(json.dumps(cls().model_dump(mode="json")))
     model = build()
     ri.apply(model, method, **defaults)
     assert model.peft_atlas_method["config"] == defaults

@@ -120,7 +120,7 @@ def test_layer_without_bias() -> None:
     qkv = model.blocks[0].attn.qkv
     assert qkv.forms["d"] == "none" and "D" not in qkv.peft_glora
     perturb(model)
-    with pytest.raises(ValueError, match="cannot merge a layer without bias that has a C or E term"):
+    with pytest.raises(ValueError, match="^glora: cannot merge a layer without bias that has a C or E term"):
         ri.merge(model)
     ri.unmerge(model)
     assert not ri.is_merged(model)
@@ -142,7 +142,7 @@ def test_overrides_replace_the_forms_of_one_layer() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "pattern"),
     [
-        ({"r": 0}, r"glora: r must be >= 1, got 0"),
+        ({"r": 0}, r"^glora: config field 'r' must be greater than or equal to 1, got 0$"),
         ({"targets": ("q",)}, r"glora: targets 'q', 'k', 'v' select slices of 'blocks.0.attn.qkv'; .* use 'qkv'"),
         ({"overrides": ("blocks.0.attn.qkv=LLSVV",)}, r"C cannot be 'scalar'"),
         ({"overrides": ("blocks.0.attn.qkv=LLLLV",)}, r"D cannot be 'lora'"),

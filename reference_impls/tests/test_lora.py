@@ -7,7 +7,7 @@ import torch
 import reference_impls as ri
 from reference_impls.methods.lora import LoRALinear
 
-from .common import Case, applied, batch, build
+from .common import TOL, Case, applied, batch, build
 
 
 def qkv_output(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
@@ -50,7 +50,7 @@ def test_merged_forward_uses_only_the_base_layer() -> None:
         for name, param in model.named_parameters():
             if "peft_" in name:
                 param.fill_(float("nan"))  # would poison the output if the branch still ran
-        torch.testing.assert_close(model(images), before, atol=1e-5, rtol=0.0)
+        torch.testing.assert_close(model(images), before, atol=TOL["merge"], rtol=0.0)
 
 
 def test_new_parameters_follow_dtype_of_wrapped_layer() -> None:

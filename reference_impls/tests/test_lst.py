@@ -120,7 +120,7 @@ def test_gradient_never_reaches_the_input() -> None:
         ({"reduction": 16}, r"lst: side width 2 \(= 32 / 16\) is not divisible by 4 heads; set num_heads"),
         ({"side_layers": (0, 5)}, r"lst: side_layers \[5\] exceed the model's depth \(2 blocks\)"),
         ({"side_layers": (1, 1)}, r"lst: side_layers must be distinct"),
-        ({"temperature": 0.0}, r"lst: temperature must be > 0"),
+        ({"temperature": 0.0}, r"^lst: config field 'temperature' must be greater than 0, got 0\.0$"),
     ],
 )
 def test_config_errors(kwargs: dict, pattern: str) -> None:

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import reference_impls as ri
+from reference_impls.wrappers import Wrapper
 
 from .common import BACKBONES, CASES, TOL, Case, applied, batch, build, other_case, perturb
 
@@ -25,14 +26,12 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, key: str) -> None
 
 
 def test_every_registered_method_has_a_case() -> None:
-    assert sorted({c.method for c in CASES}) == ri.methods()
+    assert sorted({c.method for c in CASES}) == ri.list_methods()
 
 
 @cases
 def test_registry_flags_match_case(case: Case) -> None:
-    from reference_impls.core import get_spec
-
-    assert get_spec(case.method).mergeable == case.mergeable
+    assert ri.get_spec(case.method).mergeable == case.mergeable
 
 
 @cases
@@ -159,7 +158,7 @@ def test_train_and_eval_do_not_merge_or_unmerge(case: Case) -> None:
     ri.merge(model)
     model.train()
     model.eval()
-    assert ri.is_merged(model) or not any(isinstance(m, ri.Wrapper) for m in model.modules())
+    assert ri.is_merged(model) or not any(isinstance(m, Wrapper) for m in model.modules())
 
 
 @pytest.mark.parametrize("case", NOT_MERGEABLE)

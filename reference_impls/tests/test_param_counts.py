@@ -113,7 +113,7 @@ def test_reference_numbers() -> None:
 
 
 def test_every_method_is_counted() -> None:
-    assert {m for m, _, _ in COUNTS} == set(ri.methods())
+    assert {m for m, _, _ in COUNTS} == set(ri.list_methods())
 
 
 @pytest.mark.parametrize(

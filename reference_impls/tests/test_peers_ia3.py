@@ -20,6 +20,7 @@ import pytest
 import torch
 
 import reference_impls as ri
+from reference_impls.wrappers import Wrapper
 
 from .common import BACKBONES, TOL, batch, build, perturb
 
@@ -36,7 +37,7 @@ MAPPINGS = {
 }
 
 
-def our_vector(module: ri.Wrapper) -> torch.Tensor:
+def our_vector(module: Wrapper) -> torch.Tensor:
     """Our scaling vector of one layer over its whole output (q, k, v concatenated) or input."""
     vectors = module.peft_ia3
     if "all" in vectors:
@@ -53,7 +54,7 @@ def test_ia3_config_mapping_matches_hf(backbone: str, mapping: str) -> None:
     config = peft.IA3Config(target_modules=hf_targets, feedforward_modules=hf_feedforward)
     theirs = peft.get_peft_model(build(backbone), config).eval()
     params = dict(theirs.named_parameters())
-    wrappers = {n: m for n, m in ours.named_modules() if isinstance(m, ri.Wrapper)}
+    wrappers = {n: m for n, m in ours.named_modules() if isinstance(m, Wrapper)}
     hf_layers = [n for n in params if n.endswith(".ia3_l.default")]
     assert len(hf_layers) == len(wrappers)
     with torch.no_grad():

@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 import reference_impls as ri
-from reference_impls.core import head_modules
+from reference_impls.backbone import head_modules
+from reference_impls.wrappers import Wrapper
 
 from .common import BACKBONES, TOL, batch, build, perturb
 
@@ -59,7 +60,7 @@ def test_vera_matches_hf(backbone: str, targets: tuple[str, ...], hf_modules) ->
     copied = 0
     with torch.no_grad():
         for name, module in ours.named_modules():
-            if not isinstance(module, ri.Wrapper):
+            if not isinstance(module, Wrapper):
                 continue
             d_in, d_out = module.base_layer.in_features, module.base_layer.out_features
             # our shared A (width d_in) and B (width d_out) take HF's blocks for this shape

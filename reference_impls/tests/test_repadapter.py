@@ -82,8 +82,10 @@ def test_layer_without_bias_refused() -> None:
 
 
 def test_groups_must_divide_hidden_dim() -> None:
-    with pytest.raises(ValueError, match="groups must be >= 1 and divide hidden_dim 6, got 4"):
+    with pytest.raises(ValueError, match=r"^repadapter: groups must divide hidden_dim 6, got 4$"):
         ri.apply(build(), "repadapter", hidden_dim=6, groups=4)
+    with pytest.raises(ValueError, match=r"^repadapter: config field 'groups' must be greater than or equal to 1, got 0$"):
+        ri.apply(build(), "repadapter", hidden_dim=6, groups=0)
 
 
 # RepAdapter as reprinted in the Hydra README (ViT-B/16, VTAB-1k, head not counted): 0.22 M.

@@ -87,7 +87,7 @@ def test_head_without_side_features_of_the_batch_is_an_error() -> None:
         features = model.forward_features(images)
         model.forward_head(features)  # the same batch: fine
         other = model.forward_features(images[:2])
-        with pytest.raises(RuntimeError, match="side-tuning: the head needs the side features of the same batch"):
+        with pytest.raises(RuntimeError, match="the side-tuning head needs the side features of the same batch"):
             model.forward_head(features)
         assert model.forward_head(other).shape == (2, 5)
 
@@ -95,7 +95,7 @@ def test_head_without_side_features_of_the_batch_is_an_error() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "pattern"),
     [
-        ({"width": 0}, r"side-tuning: width must be >= 1"),
+        ({"width": 0}, r"^side-tuning: config field 'width' must be greater than or equal to 1, got 0$"),
         ({"side": "vit", "width": 10, "num_heads": 4}, r"side-tuning: width 10 must be divisible by num_heads 4"),
     ],
 )

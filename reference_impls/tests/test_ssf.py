@@ -82,7 +82,7 @@ def test_identity_init_and_official_normal_init() -> None:
 def test_refusals() -> None:
     with pytest.raises(ValueError, match=r"ssf: targets \['k'\] are thirds of attn.qkv"):
         ri.apply(build(), "ssf", targets=("k",))
-    with pytest.raises(ValueError, match="ssf: init_std must be >= 0"):
+    with pytest.raises(ValueError, match=r"^ssf: config field 'init_std' must be greater than or equal to 0, got -1.0$"):
         ri.apply(build(), "ssf", init_std=-1.0)
     model = build(qkv_bias=False)
     with pytest.raises(ValueError, match=r"ssf: layer 'blocks.0.attn.qkv' has no weight or no bias"):

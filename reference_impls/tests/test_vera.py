@@ -118,11 +118,12 @@ def test_dtype_change_keeps_the_matrices_shared() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "pattern"),
     [
-        ({"r": 0}, r"vera: r must be >= 1, got 0"),
-        ({"dropout": 1.0}, r"vera: dropout must be in \[0, 1\)"),
-        ({"targets": ()}, r"vera: targets must name at least one layer"),
-        ({"seed": -1}, r"vera: seed must be >= 0"),
-        ({"targets": ("q", "qkv")}, r"vera: targets overlap on layer 'blocks.0.attn.qkv'"),
+        ({"r": 0}, r"^vera: config field 'r' must be greater than or equal to 1, got 0$"),
+        ({"dropout": 1.0}, r"^vera: config field 'dropout' must be less than 1, got 1.0$"),
+        ({"dropout": -0.1}, r"^vera: config field 'dropout' must be greater than or equal to 0, got -0.1$"),
+        ({"targets": ()}, r"^vera: config field 'targets' must have at least 1 item\(s\), got \(\)$"),
+        ({"seed": -1}, r"^vera: config field 'seed' must be greater than or equal to 0, got -1$"),
+        ({"targets": ("q", "qkv")}, r"^vera: targets overlap on layer 'blocks.0.attn.qkv'"),
     ],
 )
 def test_bad_config(kwargs: dict, pattern: str) -> None:

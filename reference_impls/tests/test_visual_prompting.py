@@ -81,11 +81,11 @@ def test_wrong_image_size_is_refused() -> None:
 
 
 def test_zero_prompt_size_is_refused() -> None:
-    with pytest.raises(ValueError, match=r"visual-prompting: prompt_size must be >= 1, got 0"):
+    with pytest.raises(ValueError, match=r"visual-prompting: config field 'prompt_size' must be greater than or equal to 1, got 0"):
         ri.apply(build(), "visual-prompting", prompt_size=0)
 
 
 def test_count_matches_paper() -> None:
     """The paper's default frame (p = 30 on 224 x 224 images, about 70K parameters in its text; the
-    taxonomy entry gives 69,840). No VTAB-1k row in taxonomy/results reports visual prompting."""
+    taxonomy entry gives 69,840). No VTAB-1k row in taxonomy/reported reports visual prompting."""
     assert added_parameters("visual-prompting") == 12 * 30 * (224 - 30) == 69_840

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 import reference_impls as ri
+from reference_impls.wrappers import Wrapper
 
 from .common import BACKBONES, batch, build, perturb
 
@@ -20,7 +21,7 @@ def block_inputs(model: nn.Module, images: torch.Tensor) -> list[torch.Tensor]:
     seen: list[torch.Tensor] = []
     hooks = []
     for block in model.blocks:
-        inner = block.base_layer if isinstance(block, ri.Wrapper) else block
+        inner = block.base_layer if isinstance(block, Wrapper) else block
         hooks.append(inner.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach())))
     with torch.no_grad():
         model(images)
@@ -70,12 +71,12 @@ def reference_forward(model: nn.Module, images: torch.Tensor, deep: bool) -> tor
     n = model.num_prefix_tokens
     x = model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(images))))
     for index, block in enumerate(model.blocks):
-        prompt = block.peft_prompt if isinstance(block, ri.Wrapper) else None
+        prompt = block.peft_prompt if isinstance(block, Wrapper) else None
         if index == 0:
             x = torch.cat([x[:, :n], prompt.expand(x.shape[0], -1, -1), x[:, n:]], dim=1)
         elif deep:
             x = torch.cat([x[:, :n], prompt.expand(x.shape[0], -1, -1), x[:, n + P :]], dim=1)
-        x = (block.base_layer if isinstance(block, ri.Wrapper) else block)(x)
+        x = (block.base_layer if isinstance(block, Wrapper) else block)(x)
     x = torch.cat([x[:, :n], x[:, n + P :]], dim=1)
     return model.forward_head(model.norm(x))
 

@@ -12,7 +12,7 @@ on the CPU of the machine that runs it:
 
 Every measurement runs in its own subprocess, so peak memory (max resident set size) belongs to
 that measurement alone. Times are medians over repeated steps after warm-up. Results go to
-benchmarks/results/efficiency.json, which the site renders on its Efficiency page.
+benchmarks/measured/efficiency.json, which the site renders on its Efficiency page.
 
 Usage: python benchmarks/efficiency.py [--steps 3] [--methods lora bitfit ...]
 """
@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-OUTPUT = REPO / "benchmarks" / "results" / "efficiency.json"
+OUTPUT = REPO / "benchmarks" / "measured" / "efficiency.json"
 BACKBONE, BATCH, IMAGE, CLASSES = "vit_base_patch16_224", 8, 224, 100
 # HF PEFT configurations equal to our defaults (fused qkv: HF PEFT adapts the whole qkv matrix,
 # so ours is run with targets=("qkv",) for the comparison).
@@ -65,6 +65,16 @@ def _peer_model(spec: str):
     return model
 
 
+def _adapt(model, method: str, kwargs: dict, batch: tuple) -> None:
+    """Apply a method; one that chooses what to tune from data is prepared on the timed batch."""
+    import reference_impls as ri
+
+    if ri.get_spec(method).needs_data:
+        ri.prepare(model, method, [batch], **kwargs)
+    else:
+        ri.apply(model, method, **kwargs)
+
+
 def _time(function, steps: int) -> float:
     function()  # warm-up
     times = []
@@ -82,7 +92,6 @@ def measure(kind: str, method: str, kwargs: dict, steps: int) -> dict:
     sys.path.insert(0, str(REPO))
     import reference_impls as ri
 
-    torch.set_num_threads(torch.get_num_threads())
     images = torch.randn(BATCH, 3, IMAGE, IMAGE, generator=torch.Generator().manual_seed(1))
     labels = torch.randint(0, CLASSES, (BATCH,), generator=torch.Generator().manual_seed(2))
     result: dict = {}
@@ -95,7 +104,7 @@ def measure(kind: str, method: str, kwargs: dict, steps: int) -> dict:
             model = _peer_model(PEER_CASES[method][1])
         else:
             model = _model()
-            ri.apply(model, method, **kwargs)
+            _adapt(model, method, kwargs, (images, labels))
         model.train()
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=1e-4)
@@ -109,11 +118,11 @@ def measure(kind: str, method: str, kwargs: dict, steps: int) -> dict:
         result["trainable"] = sum(p.numel() for p in params)
     elif kind == "inference":
         model = _model()
-        ri.apply(model, method, **kwargs)
+        _adapt(model, method, kwargs, (images, labels))
         model.eval()
         with torch.no_grad():
             result["seconds"] = _time(lambda: model(images), steps)
-            if ri.core.get_spec(method).mergeable:
+            if ri.get_spec(method).mergeable:
                 ri.merge(model, unload=True)
                 result["merged_seconds"] = _time(lambda: model(images), steps)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -143,7 +152,7 @@ def main() -> None:
     import timm
     import torch
 
-    names = args.methods or ri.methods()
+    names = args.methods or ri.list_methods()
     started = time.time()
     plain = run("plain-inference", "", {}, args.steps)
     full = run("train", "full-finetuning", {}, args.steps)

@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 def make_knowledge_base(root: Path, size: int) -> None:
     """Write a synthetic knowledge base of ``size`` methods under ``root``."""
     (root / "taxonomy" / "methods").mkdir(parents=True)
-    (root / "taxonomy" / "results" / "vtab-1k").mkdir(parents=True)
+    (root / "taxonomy" / "reported" / "vtab-1k").mkdir(parents=True)
     (root / "bib").mkdir()
     for name in ("categories.yaml", "benchmarks.yaml"):
         shutil.copy(REPO / "taxonomy" / name, root / "taxonomy" / name)
@@ -38,7 +38,7 @@ def make_knowledge_base(root: Path, size: int) -> None:
         raise SystemExit(f"size must be at least {len(templates)} (one copy of every real method)")
     stems = "|".join(re.escape(t.stem) for t in templates)
     related_id = re.compile(rf"(?<=[{{\s]id: )({stems})(?=[,}}\s])")
-    fact_rows = (REPO / "taxonomy" / "results" / "vtab-1k" / "jie2023fact.yaml").read_text()
+    fact_rows = (REPO / "taxonomy" / "reported" / "vtab-1k" / "jie2023fact.yaml").read_text()
     first_row = fact_rows[fact_rows.index("  - method:"):].split("\n  - method:")[0]
     row_body = first_row.split("\n", 1)[1].rstrip("\n")
     rows = []
@@ -52,7 +52,7 @@ def make_knowledge_base(root: Path, size: int) -> None:
             lambda m: f"{m.group(1)}-{[t.stem for t in templates].index(m.group(1))}", tail)
         (root / "taxonomy" / "methods" / f"{new_id}.yaml").write_text(text)
         rows.append(f"  - method: {new_id}\n{row_body}")
-    (root / "taxonomy" / "results" / "vtab-1k" / "synthetic.yaml").write_text(
+    (root / "taxonomy" / "reported" / "vtab-1k" / "synthetic.yaml").write_text(
         "benchmark: vtab-1k\nrows:\n" + "\n".join(rows) + "\n")
 
 

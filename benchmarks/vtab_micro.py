@@ -3,7 +3,7 @@
 For each method this writes an experiment config, `benchmarks/experiments/<method>/micro.yaml`
 (the method's default options, the VTAB-micro backbone, the seven tasks and the training
 settings below), and runs it with `peft-atlas bench` in its own process, which writes
-`benchmarks/results/vtab-micro/<method>.json` with full provenance. The backbone is pretrained
+`benchmarks/measured/vtab-micro/<method>.json` with full provenance. The backbone is pretrained
 first if it is not cached (see `peft_atlas.bench.micro.micro_backbone_checkpoint`).
 
 Learning rates (AdamW, cosine schedule; `LR_GROUPS` below) were chosen by the best val200
@@ -19,8 +19,8 @@ Usage (from anywhere; paths are relative to the repository):
     python benchmarks/vtab_micro.py                      # every method, every task
     python benchmarks/vtab_micro.py --methods lora bitfit --tasks digits count
 
-A run limited to some tasks writes its configs and results under `build/vtab-micro/`, so the
-committed full-suite results are never replaced by partial ones.
+A run limited to some tasks writes its configs and measured runs under `build/vtab-micro/`, so the
+committed full-suite runs are never replaced by partial ones.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from peft_atlas.bench.config import default_method_options
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "benchmarks" / "experiments"
-RESULTS = REPO / "benchmarks" / "results" / "vtab-micro"
+MEASURED = REPO / "benchmarks" / "measured" / "vtab-micro"
 PARTIAL = REPO / "build" / "vtab-micro"
 
 TRAIN = {
@@ -130,11 +130,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", nargs="+", metavar="METHOD", help="default: every registered method")
     parser.add_argument("--tasks", nargs="+", metavar="TASK", help=f"default: all ({', '.join(MICRO_TASKS)})")
     args = parser.parse_args(argv)
-    methods = args.methods or ri.methods()
+    methods = args.methods or ri.list_methods()
     tasks = args.tasks or list(MICRO_TASKS)
-    unknown = [m for m in methods if m not in ri.methods()] + [t for t in tasks if t not in MICRO_TASKS]
+    unknown = [m for m in methods if m not in ri.list_methods()] + [t for t in tasks if t not in MICRO_TASKS]
     if unknown:
-        parser.error(f"unknown method or task: {', '.join(unknown)}; methods: {', '.join(ri.methods())}; "
+        parser.error(f"unknown method or task: {', '.join(unknown)}; methods: {', '.join(ri.list_methods())}; "
                      f"tasks: {', '.join(MICRO_TASKS)}")
     full_suite = set(tasks) == set(MICRO_TASKS)
 
@@ -143,9 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     failed = []
     for method in methods:
         if full_suite:
-            config, out = CONFIGS / method / "micro.yaml", RESULTS / f"{method}.json"
+            config, out = CONFIGS / method / "micro.yaml", MEASURED / f"{method}.json"
         else:
-            config, out = PARTIAL / "configs" / f"{method}.yaml", PARTIAL / "results" / f"{method}.json"
+            config, out = PARTIAL / "configs" / f"{method}.yaml", PARTIAL / "measured" / f"{method}.json"
         write_config(config, method, tasks, out)
         command = [sys.executable, "-m", "peft_atlas.bench.cli", _relative(config), "--out", _relative(out), "--quiet"]
         began = time.perf_counter()

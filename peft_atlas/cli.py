@@ -12,6 +12,7 @@ from pathlib import Path
 
 from .export import export_bibtex, export_json
 from .kb import load
+from .problems import Problem
 from .render import load_generated_data, render_pages
 from .schema import json_schemas
 
@@ -22,7 +23,7 @@ def _root(args: argparse.Namespace) -> Path:
     return Path(args.root).resolve()
 
 
-def _report(problems: list) -> int:
+def _report(problems: list[Problem]) -> int:
     for problem in problems:
         print(problem, file=sys.stderr)
     if problems:
@@ -39,12 +40,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
     status = _report(problems)
     if status == 0:
         print(f"ok: {len(kb.methods)} methods, {len(kb.bib)} BibTeX entries, "
-              f"{len(kb.results)} reported results rows")
+              f"{len(kb.results)} reported results rows, {len(kb.measured)} measured runs")
     return status
 
 
-def _schema_problems(root: Path) -> list:
-    from .problems import Problem
+def _schema_problems(root: Path) -> list[Problem]:
     problems = []
     for name, schema in json_schemas().items():
         path = root / SCHEMA_DIR / name
@@ -133,23 +133,17 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    """Run a benchmark experiment config and write its results file (needs torch and timm)."""
-    from .bench.cli import run_bench  # imported here: the other commands never import torch
+    """Run a benchmark experiment config and write its measured run (needs torch and timm)."""
+    from .bench.cli import run_bench
 
     return run_bench(args)
 
 
-def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
-    """The arguments of `peft-atlas bench` (shared with `python -m peft_atlas.bench.cli`)."""
-    parser.add_argument("config", help="experiment config, e.g. benchmarks/experiments/lora/default.yaml")
-    parser.add_argument("--data-root", help="folder of the VTAB-1k tasks (overrides data.root)")
-    parser.add_argument("--out", help="results file (default: benchmarks/results/<method>/<variant>-seed<N>.json)")
-    parser.add_argument("--seed", type=int, help="seed (overrides the config's seed)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `peft-atlas`."""
+    # The harness owns its arguments; its cli module imports torch only when a run starts.
+    from .bench.cli import add_bench_arguments
+
     parser = argparse.ArgumentParser(prog="peft-atlas", description=__doc__)
     parser.add_argument("--root", default=".", help="repository root (default: current directory)")
     commands = parser.add_subparsers(dest="command", required=True)

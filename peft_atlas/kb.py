@@ -7,18 +7,17 @@ with file, line, field and what was expected.
 from __future__ import annotations
 
 import re
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import fmean
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from .bib import BibEntry, parse_bib_file
 from .mathml import math_problems
-from .problems import KnowledgeBaseError, Problem
+from .measured import LoadedRun, load_measured_runs
+from .problems import Problem, validate_model
 from .schema import (Benchmark, BenchmarksFile, CategoriesFile, Method, ResultRow,
                      ResultsFile)
 from .yamlio import LocatedYaml, load_yaml
@@ -27,8 +26,10 @@ from .yamlio import LocatedYaml, load_yaml
 # printed mean by another 0.05 (a little more where the source rounded half-down), so a recomputed
 # mean may differ from the printed one by slightly over 0.1.
 MEAN_TOLERANCE = 0.11
-# A registration is a call at the start of a line: register("lora", LoRAConfig, ...).
-_REGISTER_CALL = re.compile(r"""^register\(\s*["']([a-z0-9-]+)["']""", re.M)
+# A registration is a call at the start of a line, ending a line: register("lora", LoRAConfig, ...).
+_REGISTER_CALL = re.compile(r"""^register\(\s*["']([a-z0-9-]+)["'](.*?)\)\s*$""", re.M | re.S)
+# A method that chooses what to tune from data registers a prepare step: register(..., prepare=fn).
+_PREPARE_ARGUMENT = re.compile(r"\bprepare\s*=")
 
 
 @dataclass
@@ -53,9 +54,12 @@ class KnowledgeBase:
         methods: Methods by id, sorted by id.
         method_files: Relative path of each method's file.
         results: Every reported results row, in file order.
+        measured: Every measured run of this repository's harness (benchmarks/measured/), by file.
         bib: BibTeX entries by key, sorted by key.
         impls: Names registered by the reference implementations, each with its module
             (``reference_impls.methods.lora``).
+        data_driven_impls: The registered names whose method chooses what to tune from the
+            training data (registered with a ``prepare`` step).
     """
 
     root: Path
@@ -64,8 +68,10 @@ class KnowledgeBase:
     methods: dict[str, Method] = field(default_factory=dict)
     method_files: dict[str, str] = field(default_factory=dict)
     results: list[LoadedRow] = field(default_factory=list)
+    measured: list[LoadedRun] = field(default_factory=list)
     bib: dict[str, BibEntry] = field(default_factory=dict)
     impls: dict[str, str] = field(default_factory=dict)
+    data_driven_impls: set[str] = field(default_factory=set)
     # Ids of method files that exist but failed validation: not reported again as dangling.
     invalid_method_ids: set[str] = field(default_factory=set)
 
@@ -75,65 +81,18 @@ class KnowledgeBase:
         return next((c for c in self.categories.categories if c.id == category_id), None)
 
 
-# ---------------------------------------------------------------- pydantic errors -> problems
+# ---------------------------------------------------------------- validation
 
-def _unwrap(annotation: Any) -> Any:
-    """The model class inside Optional[...] / list[...] / dict[..., ...], if any."""
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType, list, dict):
-        for arg in reversed(typing.get_args(annotation)):
-            found = _unwrap(arg)
-            if isinstance(found, type) and issubclass(found, BaseModel):
-                return found
-        return None
-    return annotation
-
-
-def _model_at(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
-    current: Any = model
-    for part in loc:
-        if isinstance(part, int) or not (isinstance(current, type) and issubclass(current, BaseModel)):
-            continue
-        info = current.model_fields.get(part)
-        if info is None:
-            return None
-        current = _unwrap(info.annotation)
-    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
-
-
-def _describe(error: dict, model: type[BaseModel]) -> str:
-    kind = error["type"]
-    name = error["loc"][-1] if error["loc"] else ""
-    if kind == "missing":
-        return f"missing required field '{name}'"
-    if kind == "extra_forbidden":
-        parent = _model_at(model, tuple(error["loc"][:-1]))
-        allowed = ", ".join(parent.model_fields) if parent else ""
-        return f"unknown field '{name}'" + (f" (expected one of: {allowed})" if allowed else "")
-    shown = repr(error.get("input"))
-    if len(shown) > 60:
-        shown = shown[:57] + "..."
-    message = error["msg"]
-    if kind == "string_pattern_mismatch" and error["loc"] and error["loc"][-1] == "id":
-        message = "expected a lowercase slug (letters, digits and single hyphens)"
-    elif kind == "string_pattern_mismatch" and error["loc"] and error["loc"][-1] in ("name", "full_name"):
-        message = "expected a plain name without '<' or '>'"
-    return f"{message} (got {shown})"
+# Readable messages for the patterns of schema.py, by (pydantic error type, field name).
+_HINTS = {
+    ("string_pattern_mismatch", "id"): "expected a lowercase slug (letters, digits and single hyphens)",
+    ("string_pattern_mismatch", "name"): "expected a plain name without '<' or '>'",
+    ("string_pattern_mismatch", "full_name"): "expected a plain name without '<' or '>'",
+}
 
 
 def _validate(model: type[BaseModel], doc: LocatedYaml, file: str) -> tuple[Any, list[Problem]]:
-    if not isinstance(doc.data, dict):
-        return None, [Problem(file, doc.line_of(()), "",
-                              f"expected a YAML mapping at the top level, got {type(doc.data).__name__}")]
-    try:
-        return model.model_validate(doc.data), []
-    except ValidationError as error:
-        problems = []
-        for item in error.errors():
-            loc = tuple(item["loc"])
-            problems.append(Problem(file, doc.line_of(loc), ".".join(str(p) for p in loc),
-                                    _describe(item, model)))
-        return None, problems
+    return validate_model(model, doc.data, file, doc.line_of, _HINTS)
 
 
 # ---------------------------------------------------------------- loading
@@ -147,19 +106,22 @@ def _read(path: Path, root: Path) -> tuple[LocatedYaml | None, list[Problem]]:
     return load_yaml(text, rel)
 
 
-def scan_impl_names(root: Path) -> dict[str, str]:
-    """Names registered in reference_impls and their modules, found without importing it (the
-    docs toolchain has no torch)."""
+def scan_impl_names(root: Path) -> tuple[dict[str, str], set[str]]:
+    """Names registered in reference_impls with their modules, and the names registered with a
+    ``prepare`` step, found without importing it (the docs toolchain has no torch)."""
     names: dict[str, str] = {}
+    data_driven: set[str] = set()
     package = root / "reference_impls"
     if package.is_dir():
         for path in sorted(package.rglob("*.py")):
             if "tests" in path.relative_to(package).parts:
                 continue
             module = ".".join(path.relative_to(root).with_suffix("").parts)
-            for name in _REGISTER_CALL.findall(path.read_text(encoding="utf-8")):
+            for name, arguments in _REGISTER_CALL.findall(path.read_text(encoding="utf-8")):
                 names[name] = module
-    return names
+                if _PREPARE_ARGUMENT.search(arguments):
+                    data_driven.add(name)
+    return names, data_driven
 
 
 def load(root: Path | str, check_math: bool = True) -> tuple[KnowledgeBase, list[Problem]]:
@@ -212,7 +174,7 @@ def load(root: Path | str, check_math: bool = True) -> tuple[KnowledgeBase, list
             kb.bib[entry.key] = entry
     kb.bib = dict(sorted(kb.bib.items()))
 
-    kb.impls = scan_impl_names(root)
+    kb.impls, kb.data_driven_impls = scan_impl_names(root)
 
     method_docs: dict[str, LocatedYaml] = {}
     for path in sorted((root / "taxonomy" / "methods").glob("*.y*ml")):
@@ -235,7 +197,7 @@ def load(root: Path | str, check_math: bool = True) -> tuple[KnowledgeBase, list
     kb.methods = dict(sorted(kb.methods.items()))
 
     result_docs: list[tuple[ResultsFile, LocatedYaml, str]] = []
-    for path in sorted((root / "taxonomy" / "results").rglob("*.y*ml")):
+    for path in sorted((root / "taxonomy" / "reported").rglob("*.y*ml")):
         rel = path.relative_to(root).as_posix()
         results, doc = load_model(path, ResultsFile)
         if results is None or doc is None:
@@ -243,6 +205,9 @@ def load(root: Path | str, check_math: bool = True) -> tuple[KnowledgeBase, list
         result_docs.append((results, doc, rel))
         for index, row in enumerate(results.rows):
             kb.results.append(LoadedRow(row, results.benchmark, rel, doc.line_of(("rows", index)), index))
+
+    kb.measured, found = load_measured_runs(root)
+    problems.extend(found)
 
     problems.extend(_check_methods(kb, method_docs, check_math))
     problems.extend(_check_results(kb, result_docs))
@@ -372,10 +337,3 @@ def _check_row_numbers(row: ResultRow, benchmark: Benchmark, problem) -> None:
         problem(("mean",), f"printed mean {row.mean} disagrees with the {convention} "
                            f"({expected:.2f}); is the convention {other}?")
 
-
-def load_or_raise(root: Path | str) -> KnowledgeBase:
-    """Load the knowledge base, raising KnowledgeBaseError if anything is wrong."""
-    kb, problems = load(root)
-    if problems:
-        raise KnowledgeBaseError(problems)
-    return kb

@@ -1,8 +1,31 @@
-"""The one error type of the tooling: a problem found in a file of the knowledge base."""
+"""The one error type of the tooling, a problem found in a file, and the one translation of
+pydantic validation errors into problems (used for the knowledge base, experiment configs and
+measured runs alike)."""
 
 from __future__ import annotations
 
+import re
+import types
+import typing
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+Location = tuple[str | int, ...]
+"""Keys and indices leading to a value in a document (`("rows", 3, "source")`)."""
+
+LineOf = Callable[[Location], int]
+"""Gives the line of a location in the input (`LocatedYaml.line_of`)."""
+
+Hints = Mapping[tuple[str, str], str]
+"""Messages replacing pydantic's, by (pydantic error type, field name)."""
+
+M = TypeVar("M", bound=BaseModel)
+
+# YAML 1.1 reads a number with an exponent but no dot (1e-3) as a string.
+_EXPONENT_WITHOUT_DOT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
 
 
 @dataclass(frozen=True, order=True)
@@ -27,9 +50,106 @@ class Problem:
         return f"{where}:{field} {self.message}"
 
 
-class KnowledgeBaseError(Exception):
-    """Raised when a knowledge base cannot be used; carries every problem found."""
+def validate_model(
+    model: type[M], data: Any, file: str, line_of: LineOf | None = None, hints: Hints | None = None
+) -> tuple[M | None, list[Problem]]:
+    """Validate plain data (a parsed YAML or JSON document) against a model.
 
-    def __init__(self, problems: list[Problem]):
-        self.problems = sorted(problems)
-        super().__init__("\n".join(str(p) for p in self.problems))
+    Args:
+        model: The pydantic model of the document.
+        data: The document as plain Python objects.
+        file: Path shown in problems.
+        line_of: Line of a location in the input, if known (`LocatedYaml.line_of`).
+        hints: Messages replacing pydantic's for some (error type, field name) pairs, e.g. to
+            say in words what a regular expression requires.
+
+    Returns:
+        The validated model (None if invalid) and one problem per error.
+    """
+    try:
+        return model.model_validate(data), []
+    except ValidationError as error:
+        return None, validation_problems(error, model, file, line_of, hints)
+
+
+def validation_problems(
+    error: ValidationError, model: type[BaseModel], file: str, line_of: LineOf | None = None,
+    hints: Hints | None = None,
+) -> list[Problem]:
+    """Translate a pydantic `ValidationError` into problems, one per error.
+
+    Each problem names the file, the line (when `line_of` is given), the dotted field and what
+    was expected: unknown fields list the valid ones, wrong values show what was given and its
+    type, and a validator's own message is kept as it is.
+
+    Args:
+        error: Raised by `model.model_validate`.
+        model: The model that was validated (to list the valid fields next to an unknown one).
+        file: Path shown in problems.
+        line_of: Line of a location in the input, if known.
+        hints: As for [`validate_model`][peft_atlas.problems.validate_model].
+    """
+    problems = []
+    for item in error.errors(include_url=False):
+        loc = tuple(p for p in item["loc"] if not _is_union_tag(p))
+        line = line_of(loc) if line_of is not None else 0
+        problems.append(Problem(file, line, ".".join(str(p) for p in loc), _message(item, loc, model, hints or {})))
+    return problems
+
+
+def _is_union_tag(part: str | int) -> bool:
+    """Whether a location part names a member of a union (`list[str]`, `function-after[...]`)
+    rather than a key of the input."""
+    return isinstance(part, str) and ("[" in part or part.startswith("function-"))
+
+
+def _message(item: Mapping[str, Any], loc: Location, model: type[BaseModel], hints: Hints) -> str:
+    kind, given = item["type"], item.get("input")
+    name = str(loc[-1]) if loc else ""
+    if kind == "missing":
+        return f"missing required field {name!r}"
+    if kind == "extra_forbidden":
+        valid = _fields_at(model, loc[:-1])
+        return f"unknown field {name!r}" + (f" (expected one of: {', '.join(valid)})" if valid else "")
+    if kind == "value_error":  # raised by a validator: its message says what was expected
+        return str(item.get("ctx", {}).get("error") or item["msg"].removeprefix("Value error, "))
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        message = "expected a mapping of fields"
+    else:
+        message = hints.get((kind, name), item["msg"])
+    shown = repr(given)
+    if len(shown) > 60:
+        shown = shown[:57] + "..."
+    message += f" (got {shown}, {type(given).__name__})"
+    if isinstance(given, str) and _EXPONENT_WITHOUT_DOT.match(given):
+        message += "; YAML reads 1e-3 as a string: write 1.0e-3 or 0.001"
+    return message
+
+
+def _fields_at(model: type[BaseModel], loc: Location) -> list[str]:
+    """The fields of the model that holds the values at `loc` (empty if it is not a model)."""
+    annotation: Any = model
+    for part in loc:
+        annotation = _inside(annotation, part)
+    return list(annotation.model_fields) if _is_model(annotation) else []
+
+
+def _inside(annotation: Any, part: str | int) -> Any:
+    """The annotation of the value at key or index `part` of a value of `annotation`, or None."""
+    if _is_model(annotation):
+        info = annotation.model_fields.get(part) if isinstance(part, str) else None
+        return info.annotation if info is not None else None
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Annotated:
+        return _inside(args[0], part)
+    if origin in (typing.Union, types.UnionType):
+        return next((found for arg in args if (found := _inside(arg, part)) is not None), None)
+    if origin in (list, tuple, set, frozenset) and args:
+        return args[0]
+    if origin is dict and len(args) == 2:
+        return args[1]
+    return None
+
+
+def _is_model(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)

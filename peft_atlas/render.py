@@ -12,7 +12,6 @@ import re
 import posixpath
 from collections import defaultdict
 from pathlib import Path
-from statistics import fmean
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from markupsafe import Markup, escape
@@ -126,13 +125,14 @@ def render_pages(kb: KnowledgeBase, extra: dict | None = None) -> dict[str, str]
 
     Args:
         kb: A validated knowledge base.
-        extra: Optional generated data (parameter counts, reproduced results) keyed by name.
+        extra: Optional generated data (parameter counts, efficiency) keyed by name.
 
     Returns:
         Page path (relative to the docs directory) to Markdown, in a stable order.
     """
     env = make_environment()
     extra = extra or {}
+    measured = measured_rows(kb)
     assert kb.categories is not None
     categories = kb.categories
     methods_by_subtype: dict[tuple[str, str], list] = defaultdict(list)
@@ -175,7 +175,7 @@ def render_pages(kb: KnowledgeBase, extra: dict | None = None) -> dict[str, str]
         related = [(r, kb.methods[r.id]) for r in method.related if r.id in kb.methods]
         pages[path] = method_template.render(
             page=path, method=method, category=category, subtype=subtype,
-            reproduced=[r for r in extra.get("reproduced", []) if method.impl and r["impl"] == method.impl],
+            reproduced=[r for r in measured if method.impl and r["impl"] == method.impl],
             rows=rows_by_method.get(method.id, []), related=related,
             referenced_by=[kb.methods[i] for i in sorted(referenced_by.get(method.id, ()))],
             bib_entries=[kb.bib[k] for k in method.bib], **common)
@@ -183,7 +183,7 @@ def render_pages(kb: KnowledgeBase, extra: dict | None = None) -> dict[str, str]
     for benchmark in kb.benchmarks.values():
         rows = results_by_benchmark.get(benchmark.id, [])
         reproduced = [dict(r, method=implemented_as.get(r["impl"]))
-                      for r in extra.get("reproduced", []) if r["benchmark"] == benchmark.id]
+                      for r in measured if r["benchmark"] == benchmark.id]
         if not rows and not reproduced:
             continue
         path = f"results/{benchmark.id}.md"
@@ -239,11 +239,6 @@ def _cited_by(kb: KnowledgeBase) -> dict[str, list]:
     return cited
 
 
-def mean_of(values: list[float]) -> float | None:
-    """Mean of a list, None when empty (used by templates through extra data)."""
-    return fmean(values) if values else None
-
-
 def build_nav(kb: KnowledgeBase, pages: dict[str, str], hand_written: list) -> list:
     """The site navigation: generated sections first, then the hand-written pages of mkdocs.yml.
 
@@ -292,39 +287,33 @@ def api_page(kb: KnowledgeBase, impl: str) -> str:
 BENCHMARK_OF_KIND = {"vtab-1k": "vtab-1k", "micro": "vtab-micro"}
 
 
-def load_reproduced(root: Path) -> list[dict]:
-    """Rows reproduced by this repository's harness (benchmarks/results/**/*.json), sorted.
+def measured_rows(kb: KnowledgeBase) -> list[dict]:
+    """Table rows of the runs measured by this repository's harness (``kb.measured``), sorted.
 
     Each row: benchmark id, implementation name, variant, per-task top-1, group means, both
-    mean conventions, trainable parameters (of the first task), selection rule, data kind,
-    command, results file and a short provenance summary.
+    mean conventions, trainable parameters (of the first task), selection rule, command,
+    measured file and a short provenance summary.
     """
     rows = []
-    for path in sorted((root / "benchmarks" / "results").rglob("*.json")):
-        try:
-            document = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        if not isinstance(document, dict) or document.get("format") != "peft-atlas-bench-result":
-            continue
-        config, metrics = document["config"], document["metrics"]
-        tasks = document.get("tasks", [])
+    for loaded in kb.measured:
+        run = loaded.run
+        kind = run.config.data.kind
         rows.append({
-            "benchmark": BENCHMARK_OF_KIND.get(config["data"]["kind"], config["data"]["kind"]),
-            "impl": config["method"]["name"],
-            "variant": path.stem,
-            "file": path.relative_to(root).as_posix(),
-            "per_task": metrics["top1"],
-            "group_means": metrics["group_means"],
-            "mean_of_tasks": metrics["mean_of_tasks"],
-            "mean_of_group_means": metrics["mean_of_group_means"],
-            "trainable": tasks[0]["trainable_parameters"] if tasks else None,
-            "selection": config["train"]["selection"],
-            "command": document["command"],
-            "seed": document["seed"],
-            "wall_time_s": document.get("wall_time_s"),
-            "git_commit": (document.get("git") or {}).get("commit"),
-            "versions": document.get("versions", {}),
+            "benchmark": BENCHMARK_OF_KIND.get(kind, kind),
+            "impl": run.config.method.name,
+            "variant": posixpath.splitext(posixpath.basename(loaded.file))[0],
+            "file": loaded.file,
+            "per_task": run.metrics.top1,
+            "group_means": run.metrics.group_means,
+            "mean_of_tasks": run.metrics.mean_of_tasks,
+            "mean_of_group_means": run.metrics.mean_of_group_means,
+            "trainable": run.tasks[0].trainable_parameters,
+            "selection": run.config.train.selection,
+            "command": run.command,
+            "seed": run.seed,
+            "wall_time_s": run.wall_time_s,
+            "git_commit": run.git.commit,
+            "versions": run.versions,
         })
     return sorted(rows, key=lambda row: (row["benchmark"], row["impl"], row["variant"]))
 
@@ -341,8 +330,7 @@ def load_generated_data(root: Path) -> dict:
     counts = Path(root) / "reference_impls" / "param_counts.json"
     if counts.is_file():
         data["param_counts"] = json.loads(counts.read_text(encoding="utf-8"))["methods"]
-    data["reproduced"] = load_reproduced(Path(root))
-    efficiency = Path(root) / "benchmarks" / "results" / "efficiency.json"
+    efficiency = Path(root) / "benchmarks" / "measured" / "efficiency.json"
     if efficiency.is_file():
         data["efficiency"] = json.loads(efficiency.read_text(encoding="utf-8"))
     return data

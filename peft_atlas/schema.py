@@ -129,7 +129,7 @@ class Method(Strict):
     impl: str | None = Field(default=None, pattern=SLUG)
 
 
-# ---------------------------------------------------------------- results/<benchmark>/<source>.yaml
+# ---------------------------------------------------------------- reported/<benchmark>/<source>.yaml
 
 class Source(Strict):
     bib: str = Field(pattern=BIB_KEY)

@@ -28,7 +28,7 @@ from .registry import (
     Targets,
     register,
 )
-from .targets import QKV_PARTS, WHOLE, find_linear_targets, output_splits
+from .targets import QKV_PARTS, WHOLE, find_linear_targets, output_splits, wrap_linear_targets
 from .wrappers import MergeableWrapper, WeightUpdateWrapper, Wrapper
 
 __all__ = [
@@ -54,6 +54,7 @@ __all__ = [
     "output_splits",
     "register",
     "replace_module",
+    "wrap_linear_targets",
 ]
 
 ACTIVATIONS = {"gelu": F.gelu, "quick_gelu": quick_gelu, "relu": F.relu}

@@ -3,11 +3,13 @@ timm's fused `attn.qkv` layer."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from torch import nn
 
-__all__ = ["QKV_PARTS", "WHOLE", "find_linear_targets", "output_splits"]
+from .backbone import replace_module
+
+__all__ = ["QKV_PARTS", "WHOLE", "find_linear_targets", "output_splits", "wrap_linear_targets"]
 
 QKV_PARTS = ("q", "k", "v")
 """Targets that select a third of the output of timm's fused `attn.qkv` layer."""
@@ -77,3 +79,17 @@ def output_splits(layer: nn.Linear, parts: tuple[str, ...]) -> list[tuple[str, i
         return [(WHOLE, layer.out_features)]
     third = layer.out_features // 3
     return [(p, third) for p in QKV_PARTS]
+
+
+def wrap_linear_targets(
+    model: nn.Module, targets: Iterable[str], make_wrapper: Callable[[nn.Linear, tuple[str, ...]], nn.Module]
+) -> None:
+    """Swap every linear layer the targets select for `make_wrapper(layer, parts)`.
+
+    Args:
+        model: A timm vision transformer.
+        targets: Target names (see [`find_linear_targets`][reference_impls.targets.find_linear_targets]).
+        make_wrapper: Builds the wrapper of one layer from the layer and the parts to adapt.
+    """
+    for name, parts in find_linear_targets(model, targets).items():
+        replace_module(model, name, make_wrapper(model.get_submodule(name), parts))

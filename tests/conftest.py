@@ -98,7 +98,7 @@ rows:
 def write_mini_kb(root: Path) -> Path:
     """Write a valid two-method knowledge base (plus the site config) under ``root``."""
     (root / "taxonomy" / "methods").mkdir(parents=True)
-    (root / "taxonomy" / "results" / "vtab-1k").mkdir(parents=True)
+    (root / "taxonomy" / "reported" / "vtab-1k").mkdir(parents=True)
     (root / "bib").mkdir()
     categories = (REPO / "taxonomy" / "categories.yaml").read_text(encoding="utf-8")
     categories = "\n".join(line for line in categories.splitlines() if not line.startswith("sources:"))
@@ -109,7 +109,7 @@ def write_mini_kb(root: Path) -> Path:
         encoding="utf-8")
     (root / "taxonomy" / "methods" / "lora.yaml").write_text(LORA, encoding="utf-8")
     (root / "taxonomy" / "methods" / "dora.yaml").write_text(DORA, encoding="utf-8")
-    (root / "taxonomy" / "results" / "vtab-1k" / "hu2022lora.yaml").write_text(results_yaml(), encoding="utf-8")
+    (root / "taxonomy" / "reported" / "vtab-1k" / "hu2022lora.yaml").write_text(results_yaml(), encoding="utf-8")
     (root / "bib" / "hu2022lora.bib").write_text(HU_BIB, encoding="utf-8")
     (root / "bib" / "liu2024dora.bib").write_text(LIU_BIB, encoding="utf-8")
     shutil.copy(REPO / "mkdocs.yml", root / "mkdocs.yml")

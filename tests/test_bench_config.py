@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 EXPERIMENTS = REPO / "benchmarks" / "experiments"
 
 
-@pytest.mark.parametrize("method", ri.methods())
+@pytest.mark.parametrize("method", ri.list_methods())
 def test_every_method_has_a_default_config(method: str) -> None:
     path = EXPERIMENTS / method / "default.yaml"
     assert path.is_file(), f"{path} is missing: run benchmarks/experiments/make_defaults.py"
@@ -40,7 +40,7 @@ def _error(tmp_path: Path, config: dict) -> str:
 def test_unknown_method_lists_valid_ones(tmp_path: Path) -> None:
     message = _error(tmp_path, tiny_config(None, method={"name": "lorra"}))
     assert "bad.yaml:" in message and "method.name" in message and "'lorra'" in message
-    assert all(name in message for name in ri.methods())
+    assert all(name in message for name in ri.list_methods())
 
 
 def test_unknown_field_names_file_field_and_valid_fields(tmp_path: Path) -> None:
@@ -83,3 +83,22 @@ def test_the_other_commands_never_import_torch() -> None:
     code = "import sys, peft_atlas.cli as c; c.build_parser(); print('torch' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert done.stdout.strip() == "False"
+
+
+def test_prepare_batches_is_a_positive_int(tmp_path: Path) -> None:
+    assert load_config(write_config(tmp_path / "ok.yaml", tiny_config(None))).method.prepare_batches == 8
+    message = _error(tmp_path, tiny_config(None, method={"name": "lora", "prepare_batches": 0}))
+    assert "bad.yaml:" in message and "method.prepare_batches: Input should be greater than or equal to 1" in message
+
+
+def test_config_errors_carry_the_line_of_the_field(tmp_path: Path) -> None:
+    """The same translation as the knowledge-base validator: file, line, dotted field, message."""
+    config = tiny_config(None)
+    config["train"]["epochs"] = "2"
+    path = write_config(tmp_path / "bad.yaml", config)
+    line = next(n for n, text in enumerate(path.read_text().splitlines(), 1) if text.strip().startswith("epochs:"))
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    [problem] = caught.value.problems
+    assert (problem.file, problem.line, problem.field) == (str(path), line, "train.epochs")
+    assert problem.message == "Input should be a valid integer (got '2', str)"

@@ -1,4 +1,5 @@
-"""The training loop: schedule, data order, selection rules, determinism and backbone loading."""
+"""The training loop: schedule, data order, selection rules, determinism, backbone loading, and
+which errors the command reports as input errors."""
 
 from __future__ import annotations
 
@@ -9,13 +10,16 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from bench_support import TINY_VIT, make_vtab_folder, tiny_config  # noqa: E402
+from bench_support import TINY_VIT, make_vtab_folder, tiny_config, write_config  # noqa: E402
 
-from peft_atlas.bench import runner  # noqa: E402
+from peft_atlas.bench import runner, training  # noqa: E402
+from peft_atlas.bench.backbone import BackboneError, build_backbone  # noqa: E402
 from peft_atlas.bench.config import BackboneConfig, parse_config  # noqa: E402
 from peft_atlas.bench.progress import Progress  # noqa: E402
-from peft_atlas.bench.runner import global_batches, local_share, lr_factor, run_experiment  # noqa: E402
+from peft_atlas.bench.runner import run_experiment  # noqa: E402
+from peft_atlas.bench.training import global_batches, local_share, lr_factor  # noqa: E402
 from peft_atlas.bench.vtab import load_vtab_task  # noqa: E402
+from peft_atlas.cli import main  # noqa: E402
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "benchmarks" / "experiments"
 
@@ -49,8 +53,8 @@ def test_val200_measures_the_test_split_once_at_the_best_val_epoch(
 ) -> None:
     config = parse_config(tiny_config(data_root, train={**tiny_config(None)["train"], "epochs": 3}), "test")
     evaluated = []
-    original = runner.evaluate
-    monkeypatch.setattr(runner, "evaluate", lambda model, dataset, *a: evaluated.append(dataset) or original(model, dataset, *a))
+    original = training.evaluate
+    monkeypatch.setattr(training, "evaluate", lambda model, dataset, *a: evaluated.append(dataset) or original(model, dataset, *a))
     (result,) = run_experiment(config, quiet=True)
     assert [d.list_file.name for d in evaluated] == ["val200.txt"] * 3 + ["test.txt"]  # test once, at the end
     vals = [e.val_top1 for e in result.history]
@@ -98,7 +102,7 @@ def test_local_checkpoint_loads_every_backbone_weight_and_a_new_head(tmp_path: P
     else:
         torch.save({"state_dict": source.state_dict()}, path)
     config = BackboneConfig(model="vit_tiny_patch16_224", checkpoint=str(path), model_kwargs=TINY_VIT)
-    model = runner.build_backbone(config, num_classes=3)
+    model = build_backbone(config, num_classes=3)
     loaded, original = model.state_dict(), source.state_dict()
     assert model.head.out_features == 3
     assert all(torch.equal(loaded[k], v) for k, v in original.items() if not k.startswith("head."))
@@ -110,11 +114,14 @@ def test_checkpoint_that_does_not_fit_is_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "other.safetensors"
     save_file({"blocks.0.norm1.weight": torch.ones(32)}, str(path))
     config = BackboneConfig(model="vit_tiny_patch16_224", checkpoint=str(path), model_kwargs=TINY_VIT)
-    with pytest.raises(ValueError, match=r"other\.safetensors: checkpoint does not fit .* missing \['cls_token'"):
-        runner.build_backbone(config, num_classes=3)
+    with pytest.raises(BackboneError, match=r"other\.safetensors: checkpoint does not fit .* missing \['cls_token'"):
+        build_backbone(config, num_classes=3)
     missing = BackboneConfig(model="vit_tiny_patch16_224", checkpoint=str(tmp_path / "absent.pt"))
-    with pytest.raises(FileNotFoundError, match=r"absent\.pt: backbone checkpoint not found"):
-        runner.build_backbone(missing, num_classes=3)
+    with pytest.raises(BackboneError, match=r"absent\.pt: backbone checkpoint not found"):
+        build_backbone(missing, num_classes=3)
+    wrong_kwargs = BackboneConfig(model="vit_tiny_patch16_224", model_kwargs={**TINY_VIT, "depht": 2})
+    with pytest.raises(BackboneError, match=r"cannot create vit_tiny_patch16_224 .*depht"):
+        build_backbone(wrong_kwargs, num_classes=3)
 
 
 def test_progress_bar_draws_only_on_a_terminal() -> None:
@@ -146,3 +153,35 @@ def test_every_default_config_runs_on_the_tiny_backbone(method: str, data_root: 
     (result,) = run_experiment(parse_config(config, method), quiet=True)
     assert 0 < result.trainable_parameters < result.total_parameters or method == "full-finetuning"
     assert result.history[0].train_loss > 0
+
+
+@pytest.mark.parametrize("case", ["no-data-root", "missing-checkpoint"])
+def test_input_errors_are_one_line_with_exit_code_2(
+    case: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    config = tiny_config(None)
+    if case == "missing-checkpoint":
+        config = tiny_config(make_vtab_folder(tmp_path / "vtab"))
+        config["backbone"]["checkpoint"] = str(tmp_path / "absent.safetensors")
+    path = write_config(tmp_path / "tiny.yaml", config)
+    assert main(["bench", str(path), "--out", str(tmp_path / "out.json"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    expected = {"no-data-root": "error: data.root is not set", "missing-checkpoint": "absent.safetensors: backbone"}
+    assert expected[case] in err and "Traceback" not in err
+    assert not (tmp_path / "out.json").exists()
+
+
+def test_a_bug_in_training_propagates_with_its_traceback(
+    data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """A TypeError raised by training code is a bug, not an input error: it is not turned into
+    exit code 2 and an `error:` line."""
+
+    def broken_step(*args: object, **kwargs: object) -> float:
+        raise TypeError("unsupported operand type(s) in the training step")
+
+    monkeypatch.setattr(training, "train_step", broken_step)
+    path = write_config(tmp_path / "tiny.yaml", tiny_config(data_root))
+    with pytest.raises(TypeError, match="in the training step"):
+        main(["bench", str(path), "--out", str(tmp_path / "out.json"), "--quiet"])
+    assert "error:" not in capsys.readouterr().err

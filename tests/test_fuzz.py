@@ -51,7 +51,7 @@ def test_loader_reports_mutated_files_without_raising(data):
     with tempfile.TemporaryDirectory() as tmp:
         root = write_mini_kb(Path(tmp) / "kb")
         target = data.draw(st.sampled_from([
-            "taxonomy/methods/lora.yaml", "taxonomy/results/vtab-1k/hu2022lora.yaml",
+            "taxonomy/methods/lora.yaml", "taxonomy/reported/vtab-1k/hu2022lora.yaml",
             "taxonomy/categories.yaml", "taxonomy/benchmarks.yaml", "bib/hu2022lora.bib"]))
         path = root / target
         path.write_text(mutate(path.read_text(encoding="utf-8"), data), encoding="utf-8")

@@ -8,7 +8,7 @@ import bibtexparser
 import jinja2
 import pytest
 
-from conftest import REPO, write
+from conftest import REPO, edit, write
 from peft_atlas.chart import Point, scatter_svg
 from peft_atlas.export import export_bibtex, export_json
 from peft_atlas.kb import load
@@ -62,9 +62,9 @@ def test_pages_escape_text_from_the_data(mini_kb):
 
 
 def test_results_page_shows_sources_conventions_and_disagreements(mini_kb):
-    second = (mini_kb / "taxonomy/results/vtab-1k/hu2022lora.yaml").read_text()
+    second = (mini_kb / "taxonomy/reported/vtab-1k/hu2022lora.yaml").read_text()
     second = second.replace("70.0", "71.0").replace("bib: hu2022lora", "bib: liu2024dora")
-    write(mini_kb, "taxonomy/results/vtab-1k/liu2024dora.yaml", second)
+    write(mini_kb, "taxonomy/reported/vtab-1k/liu2024dora.yaml", second)
     kb, problems = load(mini_kb)
     assert problems == []
     page = render_pages(kb)["results/vtab-1k.md"]
@@ -90,19 +90,13 @@ def test_export_bibtex_parses_back_to_every_entry():
 
 
 def test_reproduced_rows_are_shown_beside_reported_ones(mini_kb):
+    from bench_support import measured_run_document
     from conftest import TASKS
     from peft_atlas.render import load_generated_data
 
-    results = mini_kb / "benchmarks/results/lora"
+    results = mini_kb / "benchmarks/measured/lora"
     results.mkdir(parents=True)
-    document = {
-        "format": "peft-atlas-bench-result", "format_version": 1, "seed": 0,
-        "command": "peft-atlas bench benchmarks/experiments/lora/default.yaml --data-root /data",
-        "config": {"data": {"kind": "vtab-1k"}, "method": {"name": "lora"}, "train": {"selection": "val200"}},
-        "metrics": {"top1": {t: 50.0 for t in TASKS}, "group_means": {"natural": 50.0},
-                    "mean_of_tasks": 50.0, "mean_of_group_means": 50.0},
-        "tasks": [{"trainable_parameters": 371812}], "git": {"commit": "0123456789abcdef"},
-    }
+    document = measured_run_document("lora", tasks={t: "natural" for t in TASKS})
     (results / "default-seed0.json").write_text(json.dumps(document), encoding="utf-8")
     lora = mini_kb / "taxonomy/methods/lora.yaml"
     lora.write_text(lora.read_text() + "impl: lora\n")
@@ -114,7 +108,7 @@ def test_reproduced_rows_are_shown_beside_reported_ones(mini_kb):
     page = pages["results/vtab-1k.md"]
     assert "## Reported results" in page and "## Reproduced by this repository" in page
     assert "`peft-atlas bench benchmarks/experiments/lora/default.yaml --data-root /data`" in page
-    assert "benchmarks/results/lora/default-seed0.json" in page and "selected on val200" in page
+    assert "benchmarks/measured/lora/default-seed0.json" in page and "selected on val200" in page
     assert 'class="point reproduced"' in page and 'class="point reported"' in page
     assert "default-seed0" in pages["methods/lora.md"]
 
@@ -128,3 +122,25 @@ def test_generation_scaling_benchmark_runs_on_a_valid_synthetic_knowledge_base()
     methods = len(list((REPO / "taxonomy/methods").glob("*.yaml")))
     load_s, render_s, math_s, pages = scaling.measure(methods + 2)
     assert pages > methods + 2 and load_s > 0 and render_s > 0
+
+
+def test_card_of_a_data_driven_implementation_shows_prepare(mini_kb):
+    """A method registered with a prepare step is used with `ri.prepare` and batches, never with a
+    bare `ri.apply` (which it refuses); other methods keep `ri.apply`."""
+    methods = mini_kb / "reference_impls" / "methods"
+    methods.mkdir(parents=True)
+    write(mini_kb, "reference_impls/methods/lora.py", 'register("lora", LoRAConfig, apply_lora, mergeable=True)\n')
+    write(mini_kb, "reference_impls/methods/dora.py",
+          'register(\n    "dora",\n    DoRAConfig,\n    apply_dora,\n    mergeable=False,\n'
+          '    prepare=choose_channels,\n    data_fields=("channels",),\n)\n')
+    edit(mini_kb, "taxonomy/methods/lora.yaml", "mergeable: true", "mergeable: true\nimpl: lora")
+    kb, problems = load(mini_kb)
+    assert problems == [] and kb.data_driven_impls == {"dora"} and set(kb.impls) == {"lora", "dora"}
+    lora_card = render_pages(kb)["methods/lora.md"]
+    assert 'ri.apply(model, "lora")' in lora_card and "ri.prepare" not in lora_card
+    kb.methods["lora"].impl = "dora"  # the same card, pointing at the data-driven implementation
+    card = render_pages(kb)["methods/lora.md"]
+    assert 'ri.prepare(model, "dora", batches)' in card and "itertools.islice(train_loader, 8)" in card
+    assert 'ri.apply(model, "dora")' not in card.split("```python", 1)[1].split("```", 1)[0]
+    api_page = render_pages(kb)["api/dora.md"]
+    assert 'ri.prepare(model, "dora", batches)' in api_page

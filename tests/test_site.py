@@ -92,9 +92,33 @@ def test_injected_html_is_shown_as_text(mini_kb, tmp_path):
 
 
 def test_efficiency_page_renders_the_measured_file(site):
-    measured = json.loads((REPO / "benchmarks/results/efficiency.json").read_text(encoding="utf-8"))
+    measured = json.loads((REPO / "benchmarks/measured/efficiency.json").read_text(encoding="utf-8"))
     page = re.sub(r"<[^>]+>", "", (site / "efficiency.html").read_text(encoding="utf-8"))
     assert "Against HF PEFT" in page
     for row in measured["rows"]:
         assert row["method"] in page
     assert f"{measured['full_finetuning']['train_step_s']:.2f} s per train step" in page
+
+
+def test_api_pages_render_every_method_and_its_config_docstrings(site):
+    """Every registered implementation has an API page; config fields show their docstrings."""
+    import ast
+    import html
+
+    def text(page: Path) -> str:
+        return html.unescape(re.sub(r"<[^>]+>", "", page.read_text(encoding="utf-8")))
+
+    registered = {}
+    for path in sorted((REPO / "reference_impls" / "methods").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "register":
+                registered[node.args[0].value] = path.stem
+    assert len(registered) >= 24
+    for name, module in registered.items():
+        page = text(site / "api" / f"{module}.html")
+        assert f'ri.apply(model, "{name}")' in page or f'ri.prepare(model, "{name}", batches)' in page, name
+    lora = text(site / "api" / "lora.html")
+    assert "Rank of the update B A." in lora and "Dropout probability on the input of the low-rank branch." in lora
+    shared = text(site / "api" / "index.html")
+    for documented in ("list_methods", "prepare", "save_adapter", "MethodConfig", "wrap_linear_targets"):
+        assert documented in shared, documented

@@ -36,13 +36,14 @@ BAD_INPUTS = [
      "taxonomy/methods/lora.yaml:3: malformed YAML"),
     ("tab-indented-yaml", lambda r: edit(r, LORA, "aliases:", "\taliases:"), "malformed YAML"),
     ("empty-file", lambda r: write(r, LORA, ""), "lora.yaml: the file is empty"),
-    ("not-a-mapping", lambda r: write(r, LORA, "- just\n- a list\n"), "expected a YAML mapping"),
+    ("not-a-mapping", lambda r: write(r, LORA, "- just\n- a list\n"),
+     "lora.yaml:1: expected a mapping of fields (got ['just', 'a list'], list)"),
     ("unknown-field", lambda r: edit(r, LORA, "name: LoRA", "name: LoRA\ncolour: blue"),
      "lora.yaml:3: colour: unknown field 'colour' (expected one of: id, name"),
     ("missing-field", lambda r: edit(r, LORA, "summary: Learns a low-rank update of frozen weights.\n", ""),
      "lora.yaml:1: summary: missing required field 'summary'"),
     ("wrong-type", lambda r: edit(r, LORA, "year: 2022", "year: '2022'"),
-     "lora.yaml:8: year: Input should be a valid integer (got '2022')"),
+     "lora.yaml:8: year: Input should be a valid integer (got '2022', str)"),
     ("html-in-name", lambda r: edit(r, LORA, "name: LoRA", "name: 'LoRA <script>alert(1)</script>'"),
      "lora.yaml:2: name: expected a plain name without '<' or '>'"),
     ("unknown-category", lambda r: edit(r, LORA, "category: partial", "category: partial-based"),
@@ -72,24 +73,24 @@ BAD_INPUTS = [
     ("bad-math", lambda r: edit(r, LORA, "with rank $r$", "with rank $r_$"), "cannot render the LaTeX 'r_'"),
     ("unbalanced-math", lambda r: edit(r, LORA, "with rank $r$", "with rank $\\frac{r$"),
      "method: unbalanced braces in the LaTeX"),
-    ("row-without-source", lambda r: edit(r, "taxonomy/results/vtab-1k/hu2022lora.yaml",
+    ("row-without-source", lambda r: edit(r, "taxonomy/reported/vtab-1k/hu2022lora.yaml",
                                           '    source: {bib: hu2022lora, table: "Table 1"}\n', ""),
      "hu2022lora.yaml:3: rows.0.source: missing required field 'source'"),
-    ("row-source-without-table", lambda r: edit(r, "taxonomy/results/vtab-1k/hu2022lora.yaml",
+    ("row-source-without-table", lambda r: edit(r, "taxonomy/reported/vtab-1k/hu2022lora.yaml",
                                                 ', table: "Table 1"', ""),
      "rows.0.source.table: missing required field 'table'"),
-    ("row-dangling-method", lambda r: edit(r, "taxonomy/results/vtab-1k/hu2022lora.yaml",
+    ("row-dangling-method", lambda r: edit(r, "taxonomy/reported/vtab-1k/hu2022lora.yaml",
                                            "method: lora", "method: qlora"),
      "rows.0.method: unknown method id 'qlora'"),
-    ("row-unknown-task", lambda r: edit(r, "taxonomy/results/vtab-1k/hu2022lora.yaml",
+    ("row-unknown-task", lambda r: edit(r, "taxonomy/reported/vtab-1k/hu2022lora.yaml",
                                         "cifar100: 70.0", "cifar10: 70.0"),
      "rows.0.per_task.cifar10: unknown task 'cifar10' of vtab-1k"),
-    ("row-mean-disagrees", lambda r: write(r, "taxonomy/results/vtab-1k/hu2022lora.yaml", results_yaml(mean=72.5)),
+    ("row-mean-disagrees", lambda r: write(r, "taxonomy/reported/vtab-1k/hu2022lora.yaml", results_yaml(mean=72.5)),
      "rows.0.mean: printed mean 72.5 disagrees with the mean-of-tasks (70.00)"),
-    ("row-accuracy-out-of-range", lambda r: edit(r, "taxonomy/results/vtab-1k/hu2022lora.yaml",
+    ("row-accuracy-out-of-range", lambda r: edit(r, "taxonomy/reported/vtab-1k/hu2022lora.yaml",
                                                  "dtd: 70.0", "dtd: 170.0"),
      "per_task.dtd: expected an accuracy between 0 and 100"),
-    ("row-unknown-benchmark", lambda r: edit(r, "taxonomy/results/vtab-1k/hu2022lora.yaml",
+    ("row-unknown-benchmark", lambda r: edit(r, "taxonomy/reported/vtab-1k/hu2022lora.yaml",
                                              "benchmark: vtab-1k", "benchmark: vtab-2k"),
      "benchmark: unknown benchmark 'vtab-2k'"),
     ("malformed-bibtex", lambda r: write(r, "bib/hu2022lora.bib", "@inproceedings{hu2022lora,\n  title = {LoRA\n"),
@@ -154,7 +155,7 @@ def test_schema_files_are_up_to_date(mini_kb):
 
 
 def test_inconsistent_source_is_kept_when_explained(mini_kb):
-    write(mini_kb, "taxonomy/results/vtab-1k/hu2022lora.yaml", results_yaml(mean=72.5)
+    write(mini_kb, "taxonomy/reported/vtab-1k/hu2022lora.yaml", results_yaml(mean=72.5)
           + "    known_inconsistency: the paper's mean does not match its own tasks\n")
     assert problems_of(mini_kb) == []
 
@@ -166,10 +167,10 @@ def test_mean_convention_is_checked_both_ways(mini_kb):
     per_task = ", ".join(f"{t}: {v}" for t, v in zip(TASKS, values))
     body = results_yaml().replace(", ".join(f"{t}: 70.0" for t in TASKS), per_task)
     tasks_mean, groups_mean = sum(values) / 19, (80 + 60 + 40) / 3
-    write(mini_kb, "taxonomy/results/vtab-1k/hu2022lora.yaml",
+    write(mini_kb, "taxonomy/reported/vtab-1k/hu2022lora.yaml",
           body.replace("mean: 70.0", f"mean: {groups_mean:.1f}").replace("mean-of-tasks", "mean-of-group-means"))
     assert problems_of(mini_kb) == []
-    write(mini_kb, "taxonomy/results/vtab-1k/hu2022lora.yaml", body.replace("mean: 70.0", f"mean: {groups_mean:.1f}"))
+    write(mini_kb, "taxonomy/reported/vtab-1k/hu2022lora.yaml", body.replace("mean: 70.0", f"mean: {groups_mean:.1f}"))
     assert any("is the convention mean-of-group-means?" in p for p in problems_of(mini_kb))
-    write(mini_kb, "taxonomy/results/vtab-1k/hu2022lora.yaml", body.replace("mean: 70.0", f"mean: {tasks_mean:.1f}"))
+    write(mini_kb, "taxonomy/reported/vtab-1k/hu2022lora.yaml", body.replace("mean: 70.0", f"mean: {tasks_mean:.1f}"))
     assert problems_of(mini_kb) == []

@@ -1,4 +1,4 @@
-"""Run an experiment config and write its results file.
+"""Run an experiment config and write its measured run.
 
 One process (CPU or one GPU), from the repository root:
 
@@ -10,7 +10,7 @@ Several processes (DistributedDataParallel: gloo on CPU, nccl on CUDA, one GPU p
         benchmarks/experiments/lora/default.yaml --data-root /data/vtab-1k
 
 Both give the same metrics: the global batch (`train.batch_size`) is split over the processes.
-Results go to `benchmarks/results/<method>/<variant>-seed<N>.json` unless `--out` is given.
+The run goes to `benchmarks/measured/<method>/<variant>-seed<N>.json` unless `--out` is given.
 """
 
 from __future__ import annotations
@@ -20,19 +20,20 @@ import shlex
 import sys
 from pathlib import Path
 
-from ..cli import add_bench_arguments
+# Nothing else at module level: `peft-atlas` builds its parser from this module without torch,
+# and torchrun starts this module without the docs toolchain.
 
 DISTRIBUTED_LAUNCH = "python -m torch.distributed.run --standalone --nproc_per_node {n} -m peft_atlas.bench.cli"
 
 
-def default_results_path(config_path: Path, method: str, seed: int) -> Path:
-    """`<x>/benchmarks/results/<method>/<variant>-seed<N>.json` for a config at
+def default_measured_path(config_path: Path, method: str, seed: int) -> Path:
+    """`<x>/benchmarks/measured/<method>/<variant>-seed<N>.json` for a config at
     `<x>/benchmarks/experiments/<method>/<variant>.yaml`; otherwise next to the config."""
     config_path = config_path.resolve()
     experiments = config_path.parent.parent
     if experiments.name == "experiments":
-        return experiments.parent / "results" / method / f"{config_path.stem}-seed{seed}.json"
-    return config_path.with_name(f"{config_path.stem}-seed{seed}.results.json")
+        return experiments.parent / "measured" / method / f"{config_path.stem}-seed{seed}.json"
+    return config_path.with_name(f"{config_path.stem}-seed{seed}.measured.json")
 
 
 def _shown(path: Path) -> str:
@@ -54,40 +55,62 @@ def reproduce_command(config_path: Path, seed: int, data_root: str | None, out: 
     return f"{launcher} {shlex.join(parts)}"
 
 
+def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of `peft-atlas bench` and of `python -m peft_atlas.bench.cli`."""
+    parser.add_argument("config", help="experiment config, e.g. benchmarks/experiments/lora/default.yaml")
+    parser.add_argument("--data-root", help="folder of the VTAB-1k tasks (overrides data.root)")
+    parser.add_argument("--out", help="measured-results file to write (default: benchmarks/measured/<method>/<variant>-seed<N>.json)")
+    parser.add_argument("--seed", type=int, help="seed (overrides the config's seed)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _error(error: Exception) -> int:
+    """Report a config, data or backbone error in one message, without a traceback."""
+    print(f"error: {error}", file=sys.stderr)
+    return 2
+
+
 def run_bench(args: argparse.Namespace) -> int:
-    """Run `args.config` (see `add_bench_arguments`) and write the results file on rank 0.
+    """Run `args.config` (see `add_bench_arguments`) and write the measured run on rank 0.
+
+    Only errors of the input are reported as such: the config (`ConfigError`), the data
+    (`DataError`) and the backbone or its checkpoint (`BackboneError`). Anything else is a bug
+    and propagates with its traceback.
 
     Returns:
         0 on success, 2 if the config, the data, the backbone or its checkpoint cannot be used.
     """
     import torch.distributed as dist
 
+    from .backbone import BackboneError
     from .config import ConfigError, load_config, with_overrides
+    from .distributed import init_distributed, rank_and_world, select_device
     from .results import summarize, write_results
-    from .runner import init_distributed, rank_and_world, resolve_config, run_experiment, select_device
+    from .runner import resolve_config, run_experiment
     from .vtab import DataError
 
     config_path = Path(args.config)
-    started_group = False
     try:
         config = resolve_config(with_overrides(load_config(config_path), seed=args.seed, data_root=args.data_root))
-        started_group = init_distributed(select_device(config.train.device))
+    except ConfigError as error:
+        return _error(error)
+    started_group = init_distributed(select_device(config.train.device))
+    try:
         rank, world = rank_and_world()
         results = run_experiment(config, quiet=args.quiet)
-    except (ConfigError, DataError, FileNotFoundError, ValueError, TypeError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    except (DataError, BackboneError) as error:
+        return _error(error)
     finally:
         if started_group:
             dist.destroy_process_group()
     if rank == 0:
-        out = Path(args.out) if args.out else default_results_path(config_path, config.method.name, config.seed)
+        out = Path(args.out) if args.out else default_measured_path(config_path, config.method.name, config.seed)
         command = reproduce_command(config_path, config.seed, config.data.root if args.data_root else None, out, world)
         write_results(out, config, results, command)
         metrics = summarize(results)
         for r in results:
             print(f"{r.task:>16}  {r.group:<12} top-1 {r.top1:6.2f}  (epoch {r.selected_epoch}, {r.selection})")
-        print(f"mean of tasks {metrics['mean_of_tasks']:.2f}, mean of group means {metrics['mean_of_group_means']:.2f}")
+        print(f"mean of tasks {metrics.mean_of_tasks:.2f}, mean of group means {metrics.mean_of_group_means:.2f}")
         print(f"wrote {_shown(out)}")
     return 0
 

@@ -15,13 +15,12 @@ Example:
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from ..problems import Problem
+from ..problems import Problem, validate_model
 from ..yamlio import LocatedYaml, load_yaml
 
 __all__ = [
@@ -31,7 +30,9 @@ __all__ = [
     "ExperimentConfig",
     "MethodConfig",
     "TrainConfig",
+    "default_method_options",
     "load_config",
+    "parse_config",
     "with_overrides",
 ]
 
@@ -51,34 +52,38 @@ class MethodConfig(_Section):
     """Which PEFT method to apply, by its reference-implementation registry name.
 
     Attributes:
-        name: Registry name (`reference_impls.methods()`), e.g. `lora`.
+        name: Registry name (`reference_impls.list_methods()`), e.g. `lora`.
         options: Keyword arguments of `reference_impls.apply` (fields of the method's config
-            dataclass); missing fields take the method's defaults.
+            model); missing fields take the method's defaults.
+        prepare_batches: For a method that chooses what to tune from the training data: how
+            many training batches its prepare step looks at (the first ones of the first epoch,
+            in the seeded training order). Unused by other methods.
     """
 
     name: str
     options: dict[str, Any] = Field(default_factory=dict)
+    prepare_batches: PositiveInt = 8
 
     @field_validator("name")
     @classmethod
     def _known_method(cls, name: str) -> str:
         # Imported here: the registry needs torch, the rest of the schema does not.
-        import reference_impls
+        import reference_impls as ri
 
-        if name not in reference_impls.methods():
-            raise ValueError(f"unknown method {name!r}; valid methods: {', '.join(reference_impls.methods())}")
+        if name not in ri.list_methods():
+            raise ValueError(f"unknown method {name!r}; valid methods: {', '.join(ri.list_methods())}")
         return name
 
     @field_validator("options")
     @classmethod
     def _valid_options(cls, options: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
-        from reference_impls.core import build_config
+        import reference_impls as ri
 
         if "name" in info.data:  # an unknown name was reported already
             try:
-                build_config(info.data["name"], dict(options))
+                ri.build_config(info.data["name"], dict(options))
             except (ValueError, TypeError) as error:
-                raise ValueError(f"{error}") from None
+                raise ValueError(str(error)) from None
         return options
 
 
@@ -219,43 +224,8 @@ class ConfigError(ValueError):
         super().__init__("\n".join(str(p) for p in self.problems))
 
 
-_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
-
-
-def _section_at(loc: tuple[str | int, ...]) -> type[BaseModel] | None:
-    """The model class whose fields live at `loc` (for listing valid fields), if any."""
-    model: type[BaseModel] = ExperimentConfig
-    for part in loc:
-        field = model.model_fields.get(str(part))
-        annotation = getattr(field, "annotation", None)
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
-            return None
-        model = annotation
-    return model
-
-
-def _problem(error: dict[str, Any], file: str, located: LocatedYaml | None) -> Problem:
-    loc = tuple(p for p in error["loc"] if not (isinstance(p, str) and p.startswith(("function-", "list["))))
-    field = ".".join(str(p) for p in loc)
-    line = located.line_of(loc) if located else 0
-    kind, given = error["type"], error.get("input")
-    if kind == "extra_forbidden":
-        section = _section_at(loc[:-1])
-        valid = ", ".join(section.model_fields) if section else "?"
-        message = f"unknown field {loc[-1]!r}; valid fields: {valid}"
-    elif kind == "missing":
-        message = "required field is missing"
-    else:
-        message = error["msg"].removeprefix("Value error, ")
-        if kind != "value_error":
-            message += f" (got {given!r}, {type(given).__name__})"
-        if isinstance(given, str) and _NUMBER.match(given):
-            message += "; YAML reads 1e-3 as a string: write 1.0e-3 or 0.001"
-    return Problem(file, line, field, message)
-
-
 def parse_config(data: Any, file: str, located: LocatedYaml | None = None) -> ExperimentConfig:
-    """Validate plain data (a parsed YAML document or a results file's `config`).
+    """Validate plain data (a parsed YAML document, or the `config` recorded in a measured run).
 
     Args:
         data: The config as plain Python objects.
@@ -268,12 +238,10 @@ def parse_config(data: Any, file: str, located: LocatedYaml | None = None) -> Ex
     Raises:
         ConfigError: Listing every problem with file, line, field and what was expected.
     """
-    if not isinstance(data, dict):
-        raise ConfigError([Problem(file, 0, "", f"expected a YAML mapping, got {type(data).__name__}")])
-    try:
-        return ExperimentConfig.model_validate(data)
-    except ValidationError as error:
-        raise ConfigError([_problem(e, file, located) for e in error.errors()]) from None
+    config, problems = validate_model(ExperimentConfig, data, file, located.line_of if located else None)
+    if config is None:
+        raise ConfigError(problems)
+    return config
 
 
 def load_config(path: str | Path) -> ExperimentConfig:
@@ -318,14 +286,8 @@ def with_overrides(
 
 
 def default_method_options(method: str) -> dict[str, Any]:
-    """The default field values of a method's config dataclass, as YAML-friendly values
-    (tuples become lists), for writing experiment configs."""
-    import dataclasses
-
+    """The default field values of a method's config, as YAML-friendly values (tuples become
+    lists), for writing experiment configs."""
     import reference_impls as ri
 
-    options: dict[str, Any] = {}
-    for f in dataclasses.fields(ri.get_config_class(method)):
-        value = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        options[f.name] = list(value) if isinstance(value, tuple) else value
-    return options
+    return ri.get_config_class(method)().model_dump(mode="json")

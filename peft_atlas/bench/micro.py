@@ -208,6 +208,7 @@ def micro_backbone_checkpoint(config: PretrainConfig = DEFAULT_PRETRAIN, *, quie
     Returns:
         Path of the `.safetensors` file.
     """
+    import timm
     from safetensors.torch import save_file
 
     key = checkpoint_key(config)
@@ -223,7 +224,7 @@ def micro_backbone_checkpoint(config: PretrainConfig = DEFAULT_PRETRAIN, *, quie
         "key": key,
         "config": config.to_json(),
         "pretraining": metrics,
-        "versions": {"torch": torch.__version__, "timm": _version("timm"), "numpy": np.__version__},
+        "versions": {"torch": torch.__version__, "timm": timm.__version__, "numpy": np.__version__},
     }
     # Write to temporary files and rename: a concurrent reader never sees a partial file.
     temporary = directory / f".{key}.{os.getpid()}.tmp"
@@ -232,12 +233,3 @@ def micro_backbone_checkpoint(config: PretrainConfig = DEFAULT_PRETRAIN, *, quie
     save_file(state, str(temporary), metadata={"key": key, "config": json.dumps(config.to_json(), sort_keys=True)})
     os.replace(temporary, path)
     return path
-
-
-def _version(package: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(package)
-    except PackageNotFoundError:
-        return "not installed"

@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..authoring import find_linear_targets, register, replace_module
+from ..authoring import register, wrap_linear_targets
 from .lora import LoRAConfig, LoRALinear
 
 
@@ -111,11 +111,11 @@ def apply_dora(model: nn.Module, config: DoRAConfig) -> list[str]:
     Returns:
         An empty list: no backbone parameter is trained.
     """
-    for name, parts in find_linear_targets(model, config.targets).items():
-        layer = model.get_submodule(name)
-        replace_module(
-            model, name, DoRALinear(layer, parts, config.r, config.alpha, config.dropout, config.detach_norm)
-        )
+    wrap_linear_targets(
+        model,
+        config.targets,
+        lambda layer, parts: DoRALinear(layer, parts, config.r, config.alpha, config.dropout, config.detach_norm),
+    )
     return []
 
 

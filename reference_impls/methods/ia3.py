@@ -117,8 +117,7 @@ def apply_ia3(model: nn.Module, config: IA3Config) -> list[str]:
     """
     feedforward = set(find_linear_targets(model, config.feedforward)) if config.feedforward else set()
     for name, parts in find_linear_targets(model, config.targets).items():
-        layer = model.get_submodule(name)
-        replace_module(model, name, IA3Linear(layer, parts, scale_input=name in feedforward))
+        replace_module(model, name, IA3Linear(model.get_submodule(name), parts, scale_input=name in feedforward))
     return []
 
 

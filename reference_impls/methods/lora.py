@@ -29,10 +29,9 @@ from ..authoring import (
     Rank,
     Targets,
     WeightUpdateWrapper,
-    find_linear_targets,
     output_splits,
     register,
-    replace_module,
+    wrap_linear_targets,
 )
 
 
@@ -123,9 +122,9 @@ def apply_lora(model: nn.Module, config: LoRAConfig) -> list[str]:
     Returns:
         An empty list: no backbone parameter is trained.
     """
-    for name, parts in find_linear_targets(model, config.targets).items():
-        layer = model.get_submodule(name)
-        replace_module(model, name, LoRALinear(layer, parts, config.r, config.alpha, config.dropout))
+    wrap_linear_targets(
+        model, config.targets, lambda layer, parts: LoRALinear(layer, parts, config.r, config.alpha, config.dropout)
+    )
     return []
 
 

@@ -41,6 +41,8 @@ def make_knowledge_base(root: Path, size: int) -> None:
     fact_rows = (REPO / "taxonomy" / "reported" / "vtab-1k" / "jie2023fact.yaml").read_text()
     first_row = fact_rows[fact_rows.index("  - method:"):].split("\n  - method:")[0]
     row_body = first_row.split("\n", 1)[1].rstrip("\n")
+    # the copies are other methods: the row's parameter count and its preset are not theirs
+    row_body = re.sub(r"\n    (params_m|params_include_head|preset): [^\n]*", "", row_body)
     rows = []
     for index in range(size):
         template = templates[index % len(templates)]

@@ -6,6 +6,7 @@ with file, line, field and what was expected.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +61,8 @@ class KnowledgeBase:
             (``reference_impls.methods.lora``).
         data_driven_impls: The registered names whose method chooses what to tune from the
             training data (registered with a ``prepare`` step).
+        presets: Preset names of each registered implementation (from
+            reference_impls/param_counts.json); None when that file is missing.
     """
 
     root: Path
@@ -72,6 +75,7 @@ class KnowledgeBase:
     bib: dict[str, BibEntry] = field(default_factory=dict)
     impls: dict[str, str] = field(default_factory=dict)
     data_driven_impls: set[str] = field(default_factory=set)
+    presets: dict[str, list[str]] | None = None
     # Ids of method files that exist but failed validation: not reported again as dangling.
     invalid_method_ids: set[str] = field(default_factory=set)
 
@@ -88,6 +92,7 @@ _HINTS = {
     ("string_pattern_mismatch", "id"): "expected a lowercase slug (letters, digits and single hyphens)",
     ("string_pattern_mismatch", "name"): "expected a plain name without '<' or '>'",
     ("string_pattern_mismatch", "full_name"): "expected a plain name without '<' or '>'",
+    ("string_pattern_mismatch", "preset"): "expected a preset name like 'vtab-1k', 'vtab-1k/dtd' or 'vtab-1k-tk/*'",
 }
 
 
@@ -122,6 +127,22 @@ def scan_impl_names(root: Path) -> tuple[dict[str, str], set[str]]:
                 if _PREPARE_ARGUMENT.search(arguments):
                     data_driven.add(name)
     return names, data_driven
+
+
+PARAM_COUNTS = "reference_impls/param_counts.json"
+
+
+def read_preset_names(root: Path) -> tuple[dict[str, list[str]] | None, list[Problem]]:
+    """Preset names of every implementation, from the counts file ``python -m
+    reference_impls.param_counts`` writes (the docs toolchain cannot import the presets)."""
+    path = root / PARAM_COUNTS
+    if not path.is_file():
+        return None, []
+    try:
+        presets = json.loads(path.read_text(encoding="utf-8")).get("presets", {})
+        return {impl: list(names) for impl, names in presets.items()}, []
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError) as error:
+        return None, [Problem(PARAM_COUNTS, 0, "presets", f"cannot read the presets: {error}")]
 
 
 def load(root: Path | str, check_math: bool = True) -> tuple[KnowledgeBase, list[Problem]]:
@@ -175,6 +196,8 @@ def load(root: Path | str, check_math: bool = True) -> tuple[KnowledgeBase, list
     kb.bib = dict(sorted(kb.bib.items()))
 
     kb.impls, kb.data_driven_impls = scan_impl_names(root)
+    kb.presets, found = read_preset_names(root)
+    problems.extend(found)
 
     method_docs: dict[str, LocatedYaml] = {}
     for path in sorted((root / "taxonomy" / "methods").glob("*.y*ml")):
@@ -287,7 +310,50 @@ def _check_results(kb: KnowledgeBase, files: list[tuple[ResultsFile, LocatedYaml
                 problem(("per_task",), "a row needs at least one of per_task, group_means or mean")
             if benchmark is not None:
                 _check_row_numbers(row, benchmark, problem)
+            _check_row_preset(kb, row, benchmark, problem)
     return problems
+
+
+def _check_row_preset(kb: KnowledgeBase, row: ResultRow, benchmark: Benchmark | None, problem) -> None:
+    """A row's parameter count names the implementation preset that reproduces it, or says why
+    none does."""
+    method = kb.methods.get(row.method)
+    impl = method.impl if method is not None else None
+    if row.params_m is None:
+        for name in ("preset", "no_preset", "params_include_head"):
+            if getattr(row, name):
+                problem((name,), f"{name} describes params_m, which this row does not have")
+        return
+    if row.preset is not None and row.no_preset is not None:
+        problem(("no_preset",), "give either preset or no_preset, not both")
+    if row.preset is None:
+        # without the presets file (a knowledge base with no implementations) there is nothing to name
+        if impl is not None and kb.presets is not None and row.no_preset is None:
+            problem(("params_m",), f"name the preset of implementation '{impl}' that reproduces this count "
+                                   f"(field preset), or say why no preset does (field no_preset)")
+        return
+    if method is None:
+        return  # the unknown method is reported already
+    if impl is None:
+        problem(("preset",), f"method '{row.method}' has no reference implementation, so it has no presets")
+        return
+    if kb.presets is None:
+        problem(("preset",), f"cannot check the preset: {PARAM_COUNTS} is missing "
+                             "(run python -m reference_impls.param_counts)")
+        return
+    known = kb.presets.get(impl, [])
+    if row.preset.endswith("/*"):
+        prefix = row.preset[:-1]
+        tasks = benchmark.task_ids() if benchmark is not None else []
+        missing = [t for t in tasks if prefix + t not in known]
+        if not any(name.startswith(prefix) for name in known):
+            problem(("preset",), f"implementation '{impl}' has no per-task presets '{prefix}<task>' "
+                                 f"(its presets: {', '.join(known) or 'none'})")
+        elif missing:
+            problem(("preset",), f"implementation '{impl}' has no preset '{prefix}<task>' for: {', '.join(missing)}")
+    elif row.preset not in known:
+        problem(("preset",), f"unknown preset '{row.preset}' of implementation '{impl}' "
+                             f"(expected one of: {', '.join(known) or 'none registered'})")
 
 
 def _check_row_numbers(row: ResultRow, benchmark: Benchmark, problem) -> None:

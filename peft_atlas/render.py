@@ -26,6 +26,8 @@ CONVENTION_LABELS = {
     "mean-of-group-means": "mean of group means",
     "none": "no overall mean",
 }
+# Format and version of benchmarks/measured/efficiency.json that the Efficiency page shows.
+EFFICIENCY_FORMAT = ("peft-atlas-efficiency", 2)
 SELECTION_LABELS = {
     "val200": "selected on val200",
     "last-epoch": "last epoch",
@@ -48,6 +50,12 @@ def markdown_text(text: str) -> Markup:
 def cell(value: object) -> Markup:
     """Escape a value for a Markdown table cell (HTML and the column separator)."""
     return Markup(str(escape("" if value is None else value)).replace("|", "&#124;").replace("\n", " "))
+
+
+def code_cell(value: object) -> Markup:
+    """A value as inline code in a Markdown table cell, escaped once: a Markdown code span would
+    escape the entities of `cell` a second time (showing `&#39;` for a quote)."""
+    return Markup(f"<code>{cell(value)}</code>")
 
 
 def fenced(text: str, language: str) -> Markup:
@@ -79,7 +87,7 @@ def make_environment() -> Environment:
     env = Environment(loader=FileSystemLoader(TEMPLATES), undefined=StrictUndefined,
                       autoescape=True, keep_trailing_newline=True, trim_blocks=True,
                       lstrip_blocks=True)
-    env.filters.update(md=markdown_text, cell=cell, number=number, params=params, fenced=fenced,
+    env.filters.update(md=markdown_text, cell=cell, code_cell=code_cell, number=number, params=params, fenced=fenced,
                        lookup=lambda ids, table: [table.get(i, i) for i in ids])
     env.globals.update(relative=relative, api_page=api_page, conventions=CONVENTION_LABELS, selections=SELECTION_LABELS)
     return env
@@ -202,8 +210,11 @@ def render_pages(kb: KnowledgeBase, extra: dict | None = None) -> dict[str, str]
                 page=path, module=module, names=names,
                 methods=[implemented_by[n] for n in names if n in implemented_by], **common)
     if "efficiency" in extra:
+        # Only a document of the current format is shown; an older one leaves the page "pending".
+        document = extra["efficiency"]
+        current = (document.get("format"), document.get("format_version")) == EFFICIENCY_FORMAT
         pages["efficiency.md"] = env.get_template("efficiency.md.j2").render(
-            page="efficiency.md", eff=extra["efficiency"], **common)
+            page="efficiency.md", eff=document if current else None, **common)
     pages["bibliography.md"] = env.get_template("bibliography.md.j2").render(
         page="bibliography.md", cited_by=_cited_by(kb), **common)
     return pages
@@ -323,13 +334,17 @@ def load_generated_data(root: Path) -> dict:
 
     Returns:
         ``param_counts``: implementation name to a list of {config, method, head, trainable},
-        from reference_impls/param_counts.json; ``efficiency``: the document written by
+        and ``presets``: implementation name to {preset name: {options, source, note, method,
+        head, trainable}} in the method file's order, both from reference_impls/param_counts.json;
+        ``efficiency``: the document written by
         benchmarks/efficiency.py. Each only if its file exists.
     """
     data: dict = {}
     counts = Path(root) / "reference_impls" / "param_counts.json"
     if counts.is_file():
-        data["param_counts"] = json.loads(counts.read_text(encoding="utf-8"))["methods"]
+        document = json.loads(counts.read_text(encoding="utf-8"))
+        data["param_counts"] = document["methods"]
+        data["presets"] = document.get("presets", {})
     efficiency = Path(root) / "benchmarks" / "measured" / "efficiency.json"
     if efficiency.is_file():
         data["efficiency"] = json.loads(efficiency.read_text(encoding="utf-8"))

@@ -11,6 +11,8 @@ BIB_KEY = r"^[A-Za-z0-9_:.-]+$"
 URL = r"^https?://\S+$"
 # Names reach the navigation and the <title> of pages, where the theme does not escape them.
 PLAIN_NAME = r"^[^<>]+$"
+# A preset of a reference implementation ("vtab-1k", "vtab-1k-tt4", "vtab-1k/dtd"), or "<prefix>/*".
+PRESET = r"^[a-z0-9]+(-[a-z0-9]+)*(/([a-z0-9_]+|\*))?$"
 
 Relation = Literal["builds_on", "generalizes", "generalized_by", "variant_of",
                    "compared_with", "combines"]
@@ -152,6 +154,17 @@ class ResultRow(Strict):
     group_means: dict[str, float] = Field(default_factory=dict)
     mean: float | None = None
     params_m: float | None = Field(default=None, ge=0)
+    params_include_head: bool = Field(
+        default=False, description="params_m counts the classifier head too (averaged over the tasks, "
+                                   "as the row's mean convention averages).")
+    preset: str | None = Field(
+        default=None, pattern=PRESET,
+        description="The preset of the method's reference implementation that reproduces params_m; "
+                    "'<prefix>/*' means the per-task presets '<prefix>/<task>' averaged over the tasks.")
+    no_preset: str | None = Field(
+        default=None, min_length=1,
+        description="Why no preset of the method's reference implementation reproduces params_m "
+                    "(e.g. the source does not publish the configuration).")
     source: Source
     note: str | None = None
     known_inconsistency: str | None = Field(

@@ -12,18 +12,32 @@ from `reference_impls.authoring`.
 from . import methods as _method_modules  # noqa: F401  (importing registers every method)
 from .adapter_files import load_adapter, save_adapter
 from .api import adapter_parameter_names, apply, is_merged, mark_trainable, merge, prepare, trainable_parameters, unmerge
-from .registry import MethodConfig, MethodSpec, build_config, get_config_class, get_spec, list_methods, register
+from .registry import (
+    MethodConfig,
+    MethodSpec,
+    Preset,
+    build_config,
+    get_config_class,
+    get_preset,
+    get_spec,
+    list_methods,
+    list_presets,
+    register,
+)
 
 __all__ = [
     "MethodConfig",
     "MethodSpec",
+    "Preset",
     "adapter_parameter_names",
     "apply",
     "build_config",
     "get_config_class",
+    "get_preset",
     "get_spec",
     "is_merged",
     "list_methods",
+    "list_presets",
     "load_adapter",
     "mark_trainable",
     "merge",

@@ -8,7 +8,7 @@ from typing import Any
 from torch import nn
 
 from .backbone import check_backbone, head_modules, replace_module
-from .registry import MethodSpec, build_config, get_spec
+from .registry import MethodSpec, build_config, get_preset, get_spec
 from .wrappers import iter_wrappers, match_training_mode
 
 __all__ = [
@@ -29,7 +29,7 @@ PREFIX = "peft_"
 """Name prefix shared by every parameter and submodule a method adds."""
 
 RECORD_ATTR = "peft_atlas_method"
-"""Attribute set on a model by [`apply`][reference_impls.api.apply]: `{"name", "config", "backbone_trainable"}`."""
+"""Attribute set on a model by [`apply`][reference_impls.api.apply]: `{"name", "preset", "config", "backbone_trainable"}`."""
 
 
 def _is_method_name(name: str) -> bool:
@@ -79,6 +79,17 @@ def _with_method_name(name: str, error: Exception) -> Exception:
     return kind(f"{name}: {error}")
 
 
+def _with_preset(spec: MethodSpec, preset: str | None, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The preset's options overridden by the explicit keyword arguments; errors name the method."""
+    if preset is None:
+        return dict(kwargs)
+    try:
+        options = get_preset(spec.name, preset).options
+    except ValueError as error:
+        raise _with_method_name(spec.name, error) from None
+    return {**options, **kwargs}
+
+
 def _check(spec: MethodSpec, model: nn.Module, kwargs: dict[str, Any]) -> Any:
     """Build the config and check the backbone; errors name the method."""
     existing = applied_method(model)
@@ -95,27 +106,34 @@ def _check(spec: MethodSpec, model: nn.Module, kwargs: dict[str, Any]) -> Any:
     return config
 
 
-def apply(model: nn.Module, name: str, **kwargs: Any) -> nn.Module:
+def apply(model: nn.Module, name: str, *, preset: str | None = None, **kwargs: Any) -> nn.Module:
     """Apply a PEFT method to a model, in place.
 
     The backbone is frozen; the method's parameters and the classifier head are trainable.
 
+    Example:
+        `ri.apply(model, "adapter", preset="vtab-1k", dropout=0.1)`: the configuration the
+        VTAB-1k tables count as "Adapter", with dropout added.
+
     Args:
         model: A timm vision transformer.
         name: Registry name of the method (see [`list_methods`][reference_impls.registry.list_methods]).
+        preset: A named configuration of the method (see
+            [`list_presets`][reference_impls.registry.list_presets]); its options come first and
+            `kwargs` override them. The record keeps the name; the config holds the values.
         **kwargs: Fields of the method's config.
 
     Returns:
         The same model object.
 
     Raises:
-        ValueError: Unknown method or config field, a bad config value, a target matching no
-            module, a model on which a method was already applied, or a data-driven method
-            whose selection is missing (use [`prepare`][reference_impls.api.prepare]).
+        ValueError: Unknown method, preset or config field, a bad config value, a target
+            matching no module, a model on which a method was already applied, or a data-driven
+            method whose selection is missing (use [`prepare`][reference_impls.api.prepare]).
         TypeError: A config value of the wrong type or a backbone the method does not support.
     """
     spec = get_spec(name)
-    config = _check(spec, model, kwargs)
+    config = _check(spec, model, _with_preset(spec, preset, kwargs))
     unset = [f for f in spec.data_fields if getattr(config, f) is None]
     if unset:
         raise ValueError(
@@ -139,13 +157,20 @@ def apply(model: nn.Module, name: str, **kwargs: Any) -> nn.Module:
     unknown = sorted(set(backbone_trainable) - {n for n, _ in model.named_parameters()})
     if unknown:
         raise RuntimeError(f"method {name!r} returned unknown parameter names: {unknown[:5]}")
-    record = {"name": name, "config": config.model_dump(mode="json"), "backbone_trainable": sorted(backbone_trainable)}
+    record = {
+        "name": name,
+        "preset": preset,
+        "config": config.model_dump(mode="json"),
+        "backbone_trainable": sorted(backbone_trainable),
+    }
     setattr(model, RECORD_ATTR, record)
     mark_trainable(model)
     return model
 
 
-def prepare(model: nn.Module, name: str, batches: Iterable[Any], **kwargs: Any) -> nn.Module:
+def prepare(
+    model: nn.Module, name: str, batches: Iterable[Any], *, preset: str | None = None, **kwargs: Any
+) -> nn.Module:
     """Apply a method that chooses what to tune from the training data.
 
     The method looks at `batches` (e.g. `(images, labels)` pairs from the training loader) on
@@ -156,6 +181,7 @@ def prepare(model: nn.Module, name: str, batches: Iterable[Any], **kwargs: Any) 
         model: A timm vision transformer with no method applied.
         name: Registry name of a data-driven method.
         batches: Training batches, in the form the method's prepare step documents.
+        preset: A named configuration of the method, as for `apply`.
         **kwargs: Fields of the method's config (those the data chooses are filled in).
 
     Returns:
@@ -167,9 +193,9 @@ def prepare(model: nn.Module, name: str, batches: Iterable[Any], **kwargs: Any) 
     spec = get_spec(name)
     if spec.prepare_fn is None:
         raise ValueError(f"{name}: takes no data to choose what it tunes; use reference_impls.apply(model, {name!r})")
-    config = _check(spec, model, kwargs)
+    config = _check(spec, model, _with_preset(spec, preset, kwargs))
     chosen = spec.prepare_fn(model, config, batches)
-    return apply(model, name, **{**kwargs, **chosen})
+    return apply(model, name, preset=preset, **{**kwargs, **chosen})
 
 
 def _require_mergeable(model: nn.Module) -> dict[str, Any]:

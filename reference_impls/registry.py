@@ -5,12 +5,19 @@ what to tune from the training data, its prepare function. Configs are pydantic 
 field is typed, has a default and an attribute docstring (the API pages render it), and is
 checked strictly (a string is not a number, an int is not a bool) by the shared constrained
 types below, so method files repeat no range check.
+
+A method may also register named presets: the configurations papers used, each with its source.
+Preset names follow one convention: `"vtab-1k"` for one configuration used on every task of a
+benchmark, `"vtab-1k-<variant>"` when a paper reports several such configurations, and
+`"<prefix>/<task id>"` (task ids of taxonomy/benchmarks.yaml) where the paper chose per task.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -22,12 +29,15 @@ __all__ = [
     "NonNegativeInt",
     "PositiveFloat",
     "PositiveInt",
+    "Preset",
     "Rank",
     "Targets",
     "build_config",
     "get_config_class",
+    "get_preset",
     "get_spec",
     "list_methods",
+    "list_presets",
     "register",
 ]
 
@@ -74,6 +84,31 @@ class MethodConfig(BaseModel):
         return data
 
 
+@dataclass(frozen=True)
+class Preset:
+    """A named configuration of a method, as a paper or its code used it.
+
+    Attributes:
+        options: Config fields the configuration fixes (read-only); the others keep their defaults.
+        source: Where the values come from: bib key and table, or a file of the official code.
+        note: What the preset leaves out or where it departs from the source, if anything.
+    """
+
+    options: Mapping[str, Any]
+    source: str
+    note: str = ""
+
+    def __post_init__(self) -> None:
+        # a preset is shared by every call of apply: nobody may change it in place
+        object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
+        if not self.source.strip():
+            raise ValueError("a preset needs a source")
+
+
+# "vtab-1k", "vtab-1k-tt4", "vtab-1k/cifar100", "vtab-1k-tk/dsprites_loc", "fgvc"
+PRESET_NAME = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*(/[a-z0-9_]+)?$")
+
+
 ApplyFn = Callable[[Any, Any], "list[str] | None"]
 PrepareFn = Callable[[Any, Any, Iterable[Any]], dict[str, Any]]
 
@@ -94,6 +129,8 @@ class MethodSpec:
             choice (e.g. the selected channels).
         data_fields: The config fields `prepare_fn` fills; `apply` refuses to run while one
             of them is unset, so that no placeholder selection is ever used silently.
+        presets: Named configurations (see [`Preset`][reference_impls.registry.Preset]), in the
+            order the method file lists them.
     """
 
     name: str
@@ -103,6 +140,7 @@ class MethodSpec:
     backbone: str = "vit"
     prepare_fn: PrepareFn | None = None
     data_fields: tuple[str, ...] = ()
+    presets: Mapping[str, Preset] = field(default_factory=dict)
 
     @property
     def needs_data(self) -> bool:
@@ -122,6 +160,7 @@ def register(
     backbone: str = "vit",
     prepare: PrepareFn | None = None,
     data_fields: tuple[str, ...] = (),
+    presets: Mapping[str, Preset] | None = None,
 ) -> None:
     """Add a method to the registry (one call at the end of each method file).
 
@@ -134,10 +173,12 @@ def register(
         backbone: The kind of model the method acts on.
         prepare: For data-driven methods, `(model, config, batches) -> dict` of config fields.
         data_fields: The config fields `prepare` fills (required with `prepare`).
+        presets: Named configurations, e.g. `{"vtab-1k": Preset({"r": 8}, source="...")}`.
 
     Raises:
-        ValueError: If the name is taken, the config class is not a `MethodConfig`, or
-            `prepare` and `data_fields` do not come together.
+        ValueError: If the name is taken, the config class is not a `MethodConfig`,
+            `prepare` and `data_fields` do not come together, or a preset has a malformed name
+            or options its config rejects.
     """
     if name in _REGISTRY:
         raise ValueError(f"method {name!r} is already registered")
@@ -148,7 +189,18 @@ def register(
     unknown = sorted(set(data_fields) - set(config_class.model_fields))
     if unknown:
         raise ValueError(f"method {name!r}: data_fields {unknown} are not fields of {config_class.__name__}")
-    _REGISTRY[name] = MethodSpec(name, config_class, apply_fn, mergeable, backbone, prepare, tuple(data_fields))
+    presets = dict(presets or {})
+    for preset_name, preset in presets.items():
+        if not PRESET_NAME.match(preset_name) or not isinstance(preset, Preset):
+            raise ValueError(f"method {name!r}: preset {preset_name!r} needs a name like 'vtab-1k' or "
+                             f"'vtab-1k/cifar100' and a Preset value")
+        try:
+            config_class(**preset.options)
+        except ValidationError as error:
+            raise ValueError(f"method {name!r}: preset {preset_name!r} is not a valid config: {error}") from None
+    _REGISTRY[name] = MethodSpec(
+        name, config_class, apply_fn, mergeable, backbone, prepare, tuple(data_fields), MappingProxyType(presets)
+    )
 
 
 def list_methods() -> list[str]:
@@ -169,6 +221,32 @@ def get_spec(name: str) -> MethodSpec:
         return _REGISTRY[name]
     except KeyError:
         raise ValueError(f"unknown method {name!r}; registered methods: {', '.join(list_methods())}") from None
+
+
+def list_presets(name: str) -> list[str]:
+    """Return the preset names of a method, in the order its file lists them.
+
+    Args:
+        name: Registry name.
+    """
+    return list(get_spec(name).presets)
+
+
+def get_preset(name: str, preset: str) -> Preset:
+    """Return one preset of a method.
+
+    Args:
+        name: Registry name.
+        preset: Preset name (see [`list_presets`][reference_impls.registry.list_presets]).
+
+    Raises:
+        ValueError: If the method has no such preset; the message lists its presets.
+    """
+    presets = get_spec(name).presets
+    if preset not in presets:
+        known = ", ".join(presets) if presets else "none"
+        raise ValueError(f"unknown preset {preset!r}; presets of {name}: {known}")
+    return presets[preset]
 
 
 def get_config_class(name: str) -> type[MethodConfig]:

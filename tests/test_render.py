@@ -144,3 +144,50 @@ def test_card_of_a_data_driven_implementation_shows_prepare(mini_kb):
     assert 'ri.apply(model, "dora")' not in card.split("```python", 1)[1].split("```", 1)[0]
     api_page = render_pages(kb)["api/dora.md"]
     assert 'ri.prepare(model, "dora", batches)' in api_page
+
+
+def test_card_lists_the_presets_and_uses_one(mini_kb):
+    """A method whose implementation has presets: a Presets table (name, options, count, source),
+    the "Use it" snippet with `preset=`, and the reported rows naming theirs."""
+    from peft_atlas.render import load_generated_data
+
+    (mini_kb / "reference_impls").mkdir(exist_ok=True)
+    write(mini_kb, "reference_impls/lora.py", 'register("lora", LoRAConfig, apply_lora, mergeable=True)\n')
+    edit(mini_kb, "taxonomy/methods/lora.yaml", "mergeable: true", "mergeable: true\nimpl: lora")
+    edit(mini_kb, "taxonomy/reported/vtab-1k/hu2022lora.yaml", "    params_m: 0.29\n",
+         "    params_m: 0.29\n    preset: vtab-1k\n")
+    presets = {
+        "vtab-1k": {"options": "r=8, targets=('qkv',)", "source": "zhang2022neural: experiments/LoRA/x.yaml",
+                    "note": "Same count as q and v apart.", "method": 294912, "head": 76900, "trainable": 371812},
+        "vtab-1k/dtd": {"options": "r=4", "source": "a config file", "note": "", "method": 147456, "head": 76900,
+                        "trainable": 224356},
+    }
+    write(mini_kb, "reference_impls/param_counts.json", json.dumps({"methods": {"lora": []}, "presets": {"lora": presets}}))
+    kb, problems = load(mini_kb)
+    assert problems == []
+    card = render_pages(kb, load_generated_data(mini_kb))["methods/lora.md"]
+    snippet = card.split("```python", 1)[1].split("```", 1)[0]
+    assert 'ri.apply(model, "lora", preset="vtab-1k")' in snippet
+    table = card.split("## Presets", 1)[1].split("\n## ", 1)[0]
+    assert ("| <code>vtab-1k</code> | <code>r=8, targets=(&#39;qkv&#39;,)</code> | 294,912 | "
+            "zhang2022neural: experiments/LoRA/x.yaml — Same count as q and v apart. |") in table
+    assert "| <code>vtab-1k/dtd</code> | <code>r=4</code> | 147,456 | a config file |" in table
+    assert "| 0.29 (`vtab-1k`) |" in card.split("## Reported results", 1)[1]
+    # without presets: no table, and the snippet applies the defaults
+    plain = render_pages(kb)["methods/lora.md"]
+    assert "## Presets" not in plain and 'ri.apply(model, "lora")\n' in plain
+
+
+def test_cards_of_the_repository_list_every_preset():
+    from peft_atlas.render import load_generated_data
+
+    kb, _ = load(REPO, check_math=False)
+    extra = load_generated_data(REPO)
+    pages = render_pages(kb, extra)
+    for method in kb.methods.values():
+        names = extra["presets"].get(method.impl or "", {})
+        card = pages[f"methods/{method.id}.md"]
+        assert ("## Presets" in card) == bool(names), method.id
+        for name in names:
+            assert f"| <code>{name}</code> |" in card, (method.id, name)
+    assert 'ri.apply(model, "noah", preset="vtab-1k/cifar100")' in pages["methods/noah.md"]

@@ -92,12 +92,21 @@ def test_injected_html_is_shown_as_text(mini_kb, tmp_path):
 
 
 def test_efficiency_page_renders_the_measured_file(site):
+    import html
+
+    from peft_atlas.render import EFFICIENCY_FORMAT
+
     measured = json.loads((REPO / "benchmarks/measured/efficiency.json").read_text(encoding="utf-8"))
-    page = re.sub(r"<[^>]+>", "", (site / "efficiency.html").read_text(encoding="utf-8"))
-    assert "Against HF PEFT" in page
-    for row in measured["rows"]:
-        assert row["method"] in page
-    assert f"{measured['full_finetuning']['train_step_s']:.2f} s per train step" in page
+    page = html.unescape(re.sub(r"<[^>]+>", "", (site / "efficiency.html").read_text(encoding="utf-8")))
+    if (measured.get("format"), measured.get("format_version")) != EFFICIENCY_FORMAT:
+        # A document of an older format: its figures are withdrawn until a new run replaces it.
+        assert "Measurement pending" in page and "benchmarks/efficiency.py" in page
+        assert f"{measured['full_finetuning']['train_step_s']:.2f}" not in page
+        return
+    assert "Measurement pending" not in page and measured["command"] in page
+    for row in measured["methods"]:
+        train = row["train_vs_full"]
+        assert row["method"] in page and f"{train['median']:.2f} ({train['p25']:.2f}–{train['p75']:.2f})" in page
 
 
 def test_api_pages_render_every_method_and_its_config_docstrings(site):

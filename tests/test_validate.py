@@ -174,3 +174,62 @@ def test_mean_convention_is_checked_both_ways(mini_kb):
     assert any("is the convention mean-of-group-means?" in p for p in problems_of(mini_kb))
     write(mini_kb, "taxonomy/reported/vtab-1k/hu2022lora.yaml", body.replace("mean: 70.0", f"mean: {tasks_mean:.1f}"))
     assert problems_of(mini_kb) == []
+
+
+RESULTS = "taxonomy/reported/vtab-1k/hu2022lora.yaml"
+
+
+def with_implementation(root: Path, presets: list[str]) -> None:
+    """Give the mini knowledge base's LoRA an implementation and a counts file with these presets."""
+    import json
+
+    (root / "reference_impls").mkdir()
+    write(root, "reference_impls/lora.py", 'register("lora", LoRAConfig, apply_lora, mergeable=True)\n')
+    edit(root, LORA, "mergeable: true", "mergeable: true\nimpl: lora")
+    entry = {"options": "r=8", "source": "s", "note": "", "method": 294912, "head": 76900, "trainable": 371812}
+    write(root, "reference_impls/param_counts.json",
+          json.dumps({"methods": {"lora": []}, "presets": {"lora": {name: entry for name in presets}}}))
+
+
+def test_a_parameter_count_names_its_preset_or_says_why_not(mini_kb):
+    from conftest import TASKS
+
+    with_implementation(mini_kb, ["vtab-1k", "fgvc"] + [f"vtab-1k-tk/{t}" for t in TASKS[:-1]])
+    # an implemented method's count without a preset, and no word on why
+    assert problems_of(mini_kb) == [
+        f"{RESULTS}:9: rows.0.params_m: name the preset of implementation 'lora' that reproduces this count "
+        "(field preset), or say why no preset does (field no_preset)"]
+    # a note is not a reason: only no_preset says why no preset reproduces the count
+    write(mini_kb, RESULTS, results_yaml() + "    note: No preset reproduces it, the rank is not stated.\n")
+    assert len(problems_of(mini_kb)) == 1
+    write(mini_kb, RESULTS, results_yaml() + "    no_preset: The source does not state the rank.\n")
+    assert problems_of(mini_kb) == []
+    write(mini_kb, RESULTS, results_yaml() + "    preset: vtab-1k\n    no_preset: The rank is not stated.\n")
+    assert problems_of(mini_kb) == [f"{RESULTS}:12: rows.0.no_preset: give either preset or no_preset, not both"]
+    write(mini_kb, RESULTS, results_yaml() + "    preset: vtab-1k\n")
+    assert problems_of(mini_kb) == []
+    write(mini_kb, RESULTS, results_yaml() + "    preset: vtab-1k-r8\n")
+    assert problems_of(mini_kb) == [
+        f"{RESULTS}:11: rows.0.preset: unknown preset 'vtab-1k-r8' of implementation 'lora' "
+        "(expected one of: vtab-1k, fgvc, " + ", ".join(f"vtab-1k-tk/{t}" for t in TASKS[:-1]) + ")"]
+    # per-task presets must cover every task of the row's benchmark
+    write(mini_kb, RESULTS, results_yaml() + "    preset: vtab-1k-tk/*\n")
+    assert problems_of(mini_kb) == [
+        f"{RESULTS}:11: rows.0.preset: implementation 'lora' has no preset 'vtab-1k-tk/<task>' for: smallnorb_ele"]
+    write(mini_kb, RESULTS, results_yaml() + "    preset: vtab-1k-tt/*\n")
+    assert "has no per-task presets 'vtab-1k-tt/<task>'" in problems_of(mini_kb)[0]
+    # a preset or a head flag without a count
+    write(mini_kb, RESULTS, results_yaml().replace("    params_m: 0.29\n", "") + "    preset: vtab-1k\n"
+          "    params_include_head: true\n")
+    assert problems_of(mini_kb) == [
+        f"{RESULTS}:10: rows.0.preset: preset describes params_m, which this row does not have",
+        f"{RESULTS}:11: rows.0.params_include_head: params_include_head describes params_m, which this row does not have"]
+    write(mini_kb, RESULTS, results_yaml() + "    preset: Vtab 1k\n")
+    assert problems_of(mini_kb) == [f"{RESULTS}:11: rows.0.preset: expected a preset name like 'vtab-1k', "
+                                    "'vtab-1k/dtd' or 'vtab-1k-tk/*' (got 'Vtab 1k', str)"]
+
+
+def test_a_preset_of_a_method_without_implementation_is_a_problem(mini_kb):
+    write(mini_kb, RESULTS, results_yaml() + "    preset: vtab-1k\n")
+    assert problems_of(mini_kb) == [
+        f"{RESULTS}:11: rows.0.preset: method 'lora' has no reference implementation, so it has no presets"]

@@ -24,8 +24,8 @@ both weights from a truncated normal with standard deviation $10^{-3}$ as the pa
 
 The configuration counted as "Adapter" (0.16 M parameters) in the VTAB-1k tables of NOAH, FacT and
 Convpass is the one of NOAH's code: a single adapter of width 8 on the MLP output of each block,
-QuickGELU, layer norms frozen: `positions=("mlp",), bottleneck=8, activation="quick_gelu",
-train_norms=False` (NOAH initializes both weights with Xavier; the count does not depend on it).
+QuickGELU, layer norms frozen: the preset `"vtab-1k"` (NOAH initializes both weights with Xavier;
+the count does not depend on it).
 
 Not mergeable: the nonlinearity inside the bottleneck cannot be folded into the backbone weights.
 """
@@ -44,6 +44,7 @@ from ..authoring import (
     Dropout,
     MethodConfig,
     PositiveInt,
+    Preset,
     Wrapper,
     factory_kwargs,
     norm_parameter_names,
@@ -151,4 +152,14 @@ def apply_adapter(model: nn.Module, config: AdapterConfig) -> list[str]:
     return norm_parameter_names(model) if config.train_norms else []
 
 
-register("adapter", AdapterConfig, apply_adapter, mergeable=False)
+PRESETS = {
+    "vtab-1k": Preset(
+        {"bottleneck": 8, "positions": ("mlp",), "activation": "quick_gelu", "train_norms": False},
+        source="zhang2022neural: experiments/Adapter/ViT-B_prompt_adapter_8.yaml (ADAPTER_DIM 8 in every block) "
+        "of github.com/ZhangYuanhan-AI/NOAH; the 'Adapter' of the VTAB-1k tables of NOAH, Convpass, FacT and later",
+        note="NOAH's code initializes both projections Xavier-uniform, which no `init` option reproduces; "
+        "the count does not depend on it.",
+    ),
+}
+
+register("adapter", AdapterConfig, apply_adapter, mergeable=False, presets=PRESETS)

@@ -20,7 +20,7 @@ timm's pre-norm `Block.forward` are refused. As in the official code the branch 
 the MLP's drop-path (and LayerScale).
 
 The VTAB-1k tables of NOAH, Convpass, FacT and later papers count AdaptFormer at 0.16 M
-(0.157 M) parameters: that is width 8 (`bottleneck=8`), not the paper's 64.
+(0.157 M) parameters: that is width 8 (the preset `"vtab-1k"`), not the paper's 64.
 
 Not mergeable: the ReLU between the projections prevents folding the branch into the MLP.
 """
@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from ..authoring import Dropout, MethodConfig, PositiveInt, Wrapper, factory_kwargs, register, replace_module
+from ..authoring import Dropout, MethodConfig, PositiveInt, Preset, Wrapper, factory_kwargs, register, replace_module
 
 
 class AdaptFormerConfig(MethodConfig):
@@ -124,4 +124,13 @@ def apply_adaptformer(model: nn.Module, config: AdaptFormerConfig) -> list[str]:
     return []
 
 
-register("adaptformer", AdaptFormerConfig, apply_adaptformer, mergeable=False)
+PRESETS = {
+    "vtab-1k": Preset(
+        {"bottleneck": 8},
+        source="jie2022convolutional Sec. 4.1 and jie2023fact Table 1: AdaptFormer with hidden dimension 8 "
+        "in the VTAB-1k tables of Convpass, FacT and later papers",
+        note="The scale s is searched per task there; the paper itself uses width 64.",
+    ),
+}
+
+register("adaptformer", AdaptFormerConfig, apply_adaptformer, mergeable=False, presets=PRESETS)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..authoring import MethodConfig, register
+from ..authoring import MethodConfig, Preset, register
 
 
 class BitFitConfig(MethodConfig):
@@ -44,4 +44,12 @@ def apply_bitfit(model: nn.Module, config: BitFitConfig) -> list[str]:
     return selected
 
 
-register("bitfit", BitFitConfig, apply_bitfit, mergeable=True)
+_ALL_BIASES = {"include_norm_bias": True}
+PRESETS = {
+    "vtab-1k": Preset(_ALL_BIASES, source="benzaken2022bitfit: every bias term; the 'BitFit' / 'Bias' rows of the "
+                      "VTAB-1k tables (jie2023fact Table 1, dong2024efficient Table 1)"),
+    "fgvc": Preset(_ALL_BIASES, source="benzaken2022bitfit: every bias term; the 'Bias' row of the FGVC table "
+                   "(dong2024efficient Table 2)"),
+}
+
+register("bitfit", BitFitConfig, apply_bitfit, mergeable=True, presets=PRESETS)

@@ -45,6 +45,7 @@ from ..authoring import (
     Dropout,
     MethodConfig,
     PositiveInt,
+    Preset,
     Wrapper,
     factory_kwargs,
     quick_gelu,
@@ -203,4 +204,45 @@ def apply_convpass(model: nn.Module, config: ConvpassConfig) -> list[str]:
     return []
 
 
-register("convpass", ConvpassConfig, apply_convpass, mergeable=False)
+# Per-task (scale s, kernel initialization) of the official VTAB-1k runs: `scale` and `xavier_init` of
+# convpass/vtab/configs/{convpass,convpass_attn}/<file>.yaml in github.com/JieShibo/PETL-ViT
+# (commit 026e4f12cfbe1e46bfb4d3ed5ba09f2d9f83e91e); d' = 8 for every task (convpass/vtab/train.py).
+# The file of a task is named as below, or like the task where it is not listed.
+_FILE = {"cifar100": "cifar", "flowers102": "oxford_flowers102", "pets": "oxford_iiit_pet",
+         "camelyon": "patch_camelyon", "retinopathy": "diabetic_retinopathy", "kitti_dist": "kitti"}
+_VTAB_BOTH = {
+    "cifar100": (0.1, "identity"), "caltech101": (1.0, "identity"), "dtd": (0.01, "xavier"),
+    "flowers102": (0.1, "xavier"), "pets": (1.0, "xavier"), "svhn": (100.0, "xavier"), "sun397": (0.1, "identity"),
+    "camelyon": (10.0, "identity"), "eurosat": (10.0, "identity"), "resisc45": (10.0, "identity"),
+    "retinopathy": (1.0, "identity"), "clevr_count": (1.0, "identity"), "clevr_dist": (0.1, "xavier"),
+    "dmlab": (10.0, "identity"), "kitti_dist": (10.0, "xavier"), "dsprites_loc": (100.0, "xavier"),
+    "dsprites_ori": (0.1, "xavier"), "smallnorb_azi": (100.0, "xavier"), "smallnorb_ele": (1.0, "xavier"),
+}
+_VTAB_ATTN = {
+    "cifar100": (0.1, "xavier"), "caltech101": (100.0, "xavier"), "dtd": (0.1, "xavier"), "flowers102": (1.0, "xavier"),
+    "pets": (1.0, "xavier"), "svhn": (100.0, "xavier"), "sun397": (0.1, "xavier"), "camelyon": (10.0, "xavier"),
+    "eurosat": (10.0, "xavier"), "resisc45": (100.0, "xavier"), "retinopathy": (0.1, "xavier"),
+    "clevr_count": (10.0, "xavier"), "clevr_dist": (1.0, "xavier"), "dmlab": (10.0, "xavier"),
+    "kitti_dist": (10.0, "xavier"), "dsprites_loc": (10.0, "xavier"), "dsprites_ori": (1.0, "xavier"),
+    "smallnorb_azi": (100.0, "xavier"), "smallnorb_ele": (1.0, "xavier"),
+}
+PRESETS = {
+    **{
+        f"vtab-1k/{task}": Preset(
+            {"dim": 8, "positions": ("attn", "mlp"), "scale": scale, "conv_init": init},
+            source="jie2022convolutional Table 1 (Convpass): "
+            f"convpass/vtab/configs/convpass/{_FILE.get(task, task)}.yaml of github.com/JieShibo/PETL-ViT",
+        )
+        for task, (scale, init) in _VTAB_BOTH.items()
+    },
+    **{
+        f"vtab-1k-attn/{task}": Preset(
+            {"dim": 8, "positions": ("attn",), "scale": scale, "conv_init": init},
+            source="jie2022convolutional Table 1 (Convpass_attn): "
+            f"convpass/vtab/configs/convpass_attn/{_FILE.get(task, task)}.yaml of github.com/JieShibo/PETL-ViT",
+        )
+        for task, (scale, init) in _VTAB_ATTN.items()
+    },
+}
+
+register("convpass", ConvpassConfig, apply_convpass, mergeable=False, presets=PRESETS)

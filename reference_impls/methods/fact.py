@@ -6,9 +6,19 @@ arXiv: https://arxiv.org/abs/2212.03145. Bib key: jie2023fact.
 Every $d \\times d$ slice of the block weights ($W_q, W_k, W_v, W_o$ and the four $d \\times d$ pieces
 of each MLP matrix: 12 per block, $12L$ in all) receives an increment built from two factors
 $U, V \\in \\mathbb{R}^{d \\times r}$ shared by all slices and a small $r \\times r$ core per slice:
-$\\Delta W_j = s\\,U \\Sigma_j V^\\top$. FacT-TT (tensor train) learns each core $\\Sigma_j$; FacT-TK
-(Tucker) mixes the slices $C_t$ of one shared core tensor $\\mathcal{C} \\in \\mathbb{R}^{r \\times r \\times r}$
-with row $j$ of $P \\in \\mathbb{R}^{12L \\times r}$: $\\Sigma_j = \\sum_t P_{jt} C_t$.
+$\\Delta W_j = s\\,U \\Sigma_j V^\\top$ ($\\Sigma_j$ maps the input rank to the output rank).
+FacT-TT (tensor train) learns each core $\\Sigma_j$; FacT-TK (Tucker) mixes the slices
+$C_t = \\mathcal{C}_{:,:,t}$ of one shared core tensor $\\mathcal{C} \\in \\mathbb{R}^{r \\times r \\times r}$
+with row $j$ of $P \\in \\mathbb{R}^{12L \\times r}$, $M_j = \\sum_t P_{jt} C_t$, and uses $M_j$ in the
+direction of the released code (`FacT/fact_tk.py` of github.com/JieShibo/PETL-ViT, commit
+026e4f1): for q, k, v, `proj` and `fc1` it right-multiplies the projected input by $M_j$
+(`(FacTu x) @ M_j`, lines 66-68, 83 and 94), so the first axis of $\\mathcal{C}$ indexes the input
+rank and $\\Sigma_j = M_j^\\top$; for `fc2` it right-multiplies by the transpose (lines 101-102), so
+there the first axis indexes the output rank and $\\Sigma_j = M_j$. $\\mathcal{C}$ is stored in the
+released orientation (it equals the released `FacTc`); the direction is set per layer
+(`input_rank_first`, false for `fc2` only). The two directions give different functions of the
+same $\\mathcal{C}$ and $P$: the mixed cores of `fc2` and of the other layers are transposed
+relative to each other.
 
 Layout: for a linear layer of shape $(m_{out} d) \\times (m_{in} d)$ the slice in output block $o$ and
 input block $b$ is $(o, b)$, so the fused `attn.qkv` has the three slices q, k, v, `attn.proj` one,
@@ -24,8 +34,9 @@ weight of `nn.Linear(d, r)` ($\\pm 1/\\sqrt{d}$), FacT-TT cores as the weight of
 the $m_{in} r$ projected inputs ($\\pm 1/\\sqrt{m_{in} r}$), and for FacT-TK Xavier-uniform
 $\\mathcal{C}$ and $P$ (the bound of the whole $r \\times 12L$ matrix, also for its rows held by each wrapper).
 Known difference: for the MLP matrices, the released FacT-TK code reshapes the mixed cores
-$\\mathcal{C} P$ in an order that interleaves rank and slice indices, so its MLP slices are not the
-plain mixtures $\\sum_t P_{jt} C_t$ of the paper; here they are (same parameter count).
+$\\mathcal{C} P$ in an order that interleaves rank and slice indices (`fact_tk.py`, lines 91-92,
+94-96 and 100-102), so its MLP slices are not the plain mixtures $M_j = \\sum_t P_{jt} C_t$ of the
+paper; here they are (same parameter count), each used in the released direction above.
 The paper tunes $r$ and $s$ per task; dropout 0.1 is the official value.
 
 Mergeable: after training $W_0 + \\Delta W$ replaces $W_0$.
@@ -44,6 +55,7 @@ from ..authoring import (
     WHOLE,
     Dropout,
     MethodConfig,
+    Preset,
     Rank,
     Targets,
     WeightUpdateWrapper,
@@ -73,6 +85,9 @@ class FacTConfig(MethodConfig):
 
 class FacTFactors(nn.Module):
     """The factors shared by every adapted slice: $U$, $V$ ($d \\times r$) and, for FacT-TK, $\\mathcal{C}$.
+
+    `C[i, k, t]` is stored in the released code's orientation (its `FacTc`): for the layers other
+    than `fc2`, `i` indexes the input rank and `k` the output rank; `t` is the mixing index.
 
     Args:
         dim: Width d of the model.
@@ -143,6 +158,9 @@ class FacTLinear(WeightUpdateWrapper):
         scale: Scale s.
         dropout: Dropout probability on the core output.
         p_bound: Bound of the uniform init of the rows of P (FacT-TK only).
+        input_rank_first: FacT-TK only: whether the first axis of $\\mathcal{C}$ indexes the input
+            rank, $\\Sigma_j = M_j^\\top$ (the released code's q, k, v, proj and fc1), or the output
+            rank, $\\Sigma_j = M_j$ (its fc2).
     """
 
     def __init__(
@@ -153,8 +171,10 @@ class FacTLinear(WeightUpdateWrapper):
         scale: float,
         dropout: float,
         p_bound: float = 0.0,
+        input_rank_first: bool = True,
     ) -> None:
         super().__init__(base_layer)
+        self.input_rank_first = input_rank_first
         # a plain reference, not a submodule: the factors are registered once, as model.peft_fact
         object.__setattr__(self, "factors", factors)
         weight = base_layer.weight
@@ -175,8 +195,10 @@ class FacTLinear(WeightUpdateWrapper):
         """Return the cores $\\Sigma_{o,b}$, shape `(adapted output blocks, input blocks, r, r)`."""
         if self.factors.C is None:
             return self.peft_fact_cores
-        # Σ_j = Σ_t P_jt C_t
-        return torch.einsum("act,obt->obac", self.factors.C, self.peft_fact_P)
+        # M_j = Σ_t P_jt C_t, indexed [o, b, first axis of C, second axis of C]
+        mixed = torch.einsum("ikt,obt->obik", self.factors.C, self.peft_fact_P)
+        # Σ_j maps input rank to output rank: Σ_j = M_j^T (input rank first), or Σ_j = M_j (fc2)
+        return mixed.transpose(-1, -2) if self.input_rank_first else mixed
 
     def _full_width(self, blocks: torch.Tensor, block_dim: int) -> torch.Tensor:
         """Place the adapted output blocks (along `block_dim`) among zero blocks of the others."""
@@ -206,7 +228,8 @@ class FacTLinear(WeightUpdateWrapper):
         return self._full_width(self.scale * (y @ U.T), -2)
 
     def extra_repr(self) -> str:
-        return f"blocks={self.num_out}x{self.num_in}, adapted_out={self.adapted}, scale={self.scale:g}"
+        text = f"blocks={self.num_out}x{self.num_in}, adapted_out={self.adapted}, scale={self.scale:g}"
+        return text if self.factors.C is None else f"{text}, input_rank_first={self.input_rank_first}"
 
 
 def apply_fact(model: nn.Module, config: FacTConfig) -> list[str]:
@@ -234,9 +257,57 @@ def apply_fact(model: nn.Module, config: FacTConfig) -> list[str]:
     factors = FacTFactors(dim, config.r, config.form, **factory_kwargs(next(iter(layers.values()))))
     model.peft_fact = factors
     for name in targets:
-        wrapper = FacTLinear(layers[name], factors, layouts[name], config.scale, config.dropout, p_bound)
+        # the released FacT-TK code applies the mixed core of fc2 transposed (see the module docstring)
+        input_rank_first = name.rsplit(".", 1)[-1] != "fc2"
+        wrapper = FacTLinear(
+            layers[name], factors, layouts[name], config.scale, config.dropout, p_bound, input_rank_first
+        )
         replace_module(model, name, wrapper)
     return []
 
 
-register("fact", FacTConfig, apply_fact, mergeable=True)
+# Per-task (rank r, scale s) of the official VTAB-1k runs of FacT-TT_{<=16} and FacT-TK_{<=32}: `rank` and
+# `scale` of FacT/configs/{tt,tk}/<file>.yaml in github.com/JieShibo/PETL-ViT
+# (commit 026e4f12cfbe1e46bfb4d3ed5ba09f2d9f83e91e). The file of a task is named as below, or like the task.
+_FILE = {"cifar100": "cifar", "flowers102": "oxford_flowers102", "pets": "oxford_iiit_pet",
+         "camelyon": "patch_camelyon", "retinopathy": "diabetic_retinopathy", "kitti_dist": "kitti"}
+_VTAB = {
+    "tt": {
+        "cifar100": (8, 1.0), "caltech101": (16, 10.0), "dtd": (8, 0.01), "flowers102": (16, 1.0), "pets": (8, 1.0),
+        "svhn": (16, 100.0), "sun397": (8, 1.0), "camelyon": (8, 10.0), "eurosat": (8, 100.0), "resisc45": (8, 0.1),
+        "retinopathy": (8, 1.0), "clevr_count": (16, 1.0), "clevr_dist": (4, 10.0), "dmlab": (16, 10.0),
+        "kitti_dist": (16, 10.0), "dsprites_loc": (16, 100.0), "dsprites_ori": (16, 1.0), "smallnorb_azi": (16, 100.0),
+        "smallnorb_ele": (8, 10.0),
+    },
+    "tk": {
+        "cifar100": (32, 0.1), "caltech101": (32, 10.0), "dtd": (16, 0.01), "flowers102": (32, 1.0), "pets": (16, 10.0),
+        "svhn": (32, 100.0), "sun397": (16, 1.0), "camelyon": (32, 10.0), "eurosat": (32, 100.0),
+        "resisc45": (32, 10.0), "retinopathy": (16, 1.0), "clevr_count": (32, 10.0), "clevr_dist": (16, 10.0),
+        "dmlab": (32, 10.0), "kitti_dist": (32, 10.0), "dsprites_loc": (32, 100.0), "dsprites_ori": (32, 1.0),
+        "smallnorb_azi": (32, 100.0), "smallnorb_ele": (16, 10.0),
+    },
+}
+_LABEL = {"tt": "FacT-TT_{<=16}", "tk": "FacT-TK_{<=32}"}
+PRESETS = {
+    "vtab-1k-tt4": Preset(
+        {"form": "tt", "r": 4},
+        source="jie2023fact Table 1 (FacT-TT_4): Tensor-Train format, rank 4 on every task",
+        note="The scale s is tuned per task; the paper does not list the values of this variant.",
+    ),
+    "vtab-1k-tk8": Preset(
+        {"form": "tk", "r": 8},
+        source="jie2023fact Table 1 (FacT-TK_8): Tucker format, rank 8 on every task",
+        note="The scale s is tuned per task; the paper does not list the values of this variant.",
+    ),
+    **{
+        f"vtab-1k-{form}/{task}": Preset(
+            {"form": form, "r": r, "scale": scale},
+            source=f"jie2023fact Table 1 ({_LABEL[form]}): FacT/configs/{form}/{_FILE.get(task, task)}.yaml "
+            "of github.com/JieShibo/PETL-ViT",
+        )
+        for form, tasks in _VTAB.items()
+        for task, (r, scale) in tasks.items()
+    },
+}
+
+register("fact", FacTConfig, apply_fact, mergeable=True, presets=PRESETS)

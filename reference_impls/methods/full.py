@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..authoring import MethodConfig, register
+from ..authoring import MethodConfig, Preset, register
 
 
 class FullConfig(MethodConfig):
@@ -29,4 +29,9 @@ def apply_full(model: nn.Module, config: FullConfig) -> list[str]:
     return [name for name, _ in model.named_parameters()]
 
 
-register("full-finetuning", FullConfig, apply_full, mergeable=True)
+PRESETS = {
+    "vtab-1k": Preset({}, source="jia2022visual: the 'Full' baseline of the VTAB-1k tables (every parameter trained)"),
+    "fgvc": Preset({}, source="jia2022visual: the 'Full' baseline of the FGVC tables (every parameter trained)"),
+}
+
+register("full-finetuning", FullConfig, apply_full, mergeable=True, presets=PRESETS)

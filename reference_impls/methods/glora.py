@@ -23,10 +23,22 @@ layer of the blocks (`attn.qkv` as one fused layer, `attn.proj`, `mlp.fc1`, `mlp
 rank 4.
 
 The paper trains a supernet in which every layer samples one of the allowed combinations per
-step and then picks one combination per layer by evolutionary search. This module implements the
-retrained result: one fixed combination for all layers (`a` ... `e`), optionally overridden per
-layer with the searched codes (`overrides`). On a layer without bias, $b_0 \\odot D$ vanishes and
-$D$ is not created (as in the official code); such a layer cannot be merged if it has a $C$ or
+step, then picks one combination per layer by evolutionary search under a parameter budget. The
+official code does not retrain the selected sub-network: the search scores candidates with the
+supernet's shared weights, fixing each layer's combination (`eval_config` in `GLoRA/layer.py`,
+lines 66-82, of github.com/Arnav0400/ViT-Slim, commit 0fed674), after loading the trained
+supernet (`GLoRA/evolution.py`, lines 33-38; `GLoRA/README.md`, line 48: supernet training,
+then evolutionary search), with a budget of `--param-limits` million parameters (1.00 by
+default, `evolution.py`, line 23). This module implements neither the supernet nor the search:
+it trains one fixed sub-network from its initialization, the one its configuration gives: one
+combination for all layers (`a` ... `e`), optionally overridden per layer (`overrides`, for
+example with codes found by the official search). The defaults are the largest member of the
+search space, not a searched sub-network: A, B and C of rank 4 with vector D and E on all 48
+linear layers of ViT-B/16 make 1.60M trainable parameters without the head, above the official
+search's default budget, so a search with that budget could not select them.
+
+On a layer without bias, $b_0 \\odot D$ vanishes and $D$ is not created (as in the official
+code); such a layer cannot be merged if it has a $C$ or
 $E$ term, because the folded bias has nowhere to go. In a pre-norm ViT a scalar $B$ or $E$ on a
 layer that writes into the residual stream (`attn.proj`, `mlp.fc2`) shifts every feature of a
 token by the same amount, which the next LayerNorm removes: such a term has no effect there.
@@ -88,7 +100,7 @@ def parse_code(code: str) -> dict[str, str]:
 
 
 class GLoRAConfig(MethodConfig):
-    """Configuration of GLoRA."""
+    """Configuration of the one fixed GLoRA sub-network that is trained (no supernet, no search)."""
 
     r: Rank = 4
     """Rank of the low-rank support tensors (the official default is 4)."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..authoring import MethodConfig, register
+from ..authoring import MethodConfig, Preset, register
 
 
 class LinearConfig(MethodConfig):
@@ -29,4 +29,9 @@ def apply_linear(model: nn.Module, config: LinearConfig) -> list[str]:
     return []
 
 
-register("linear-probing", LinearConfig, apply_linear, mergeable=True)
+PRESETS = {
+    "vtab-1k": Preset({}, source="jia2022visual: the 'Linear' baseline of the VTAB-1k tables (only the head trained)"),
+    "fgvc": Preset({}, source="jia2022visual: the 'Linear' baseline of the FGVC tables (only the head trained)"),
+}
+
+register("linear-probing", LinearConfig, apply_linear, mergeable=True, presets=PRESETS)

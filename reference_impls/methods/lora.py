@@ -26,6 +26,7 @@ from torch import nn
 from ..authoring import (
     Dropout,
     MethodConfig,
+    Preset,
     Rank,
     Targets,
     WeightUpdateWrapper,
@@ -128,4 +129,14 @@ def apply_lora(model: nn.Module, config: LoRAConfig) -> list[str]:
     return []
 
 
-register("lora", LoRAConfig, apply_lora, mergeable=True)
+PRESETS = {
+    "vtab-1k": Preset(
+        {"r": 8, "alpha": 8.0, "targets": ("qkv",)},
+        source="zhang2022neural: experiments/LoRA/ViT-B_prompt_lora_8.yaml (LORA_DIM 8 in every block) of "
+        "github.com/ZhangYuanhan-AI/NOAH, whose LoRA acts on the fused qkv unscaled; the 'LoRA' of the "
+        "VTAB-1k tables of NOAH, Convpass, FacT and later papers",
+        note="Rank 8 on q and v apart (targets ('q', 'v')) adds the same number of parameters.",
+    ),
+}
+
+register("lora", LoRAConfig, apply_lora, mergeable=True, presets=PRESETS)

@@ -5,17 +5,33 @@ Paper: LST: Ladder Side-Tuning for Parameter and Memory Efficient Transfer Learn
 
 The side network has one transformer layer per backbone layer at width $d/r$ (reduction factor
 $r$, 8 in the released scripts). Its stream starts from the down-projected token embeddings,
-$h^S_0 = h^B_0 W^{down}_0$, and before side layer $i$ the output $h^B_i$ of backbone layer $i$ is
-projected down and mixed in with a learned gate:
+$h^S_0 = h^B_0 W^{down}_0 + b^{down}_0$, and before side layer $i$ the output $h^B_i$ of
+backbone layer $i$ is projected down and mixed in with a learned gate:
 
-$z_i = \\mu_i h^S_{i-1} + (1 - \\mu_i)\\, h^B_i W^{down}_i$, $h^S_i = f^S_i(z_i)$,
+$z_i = \\mu_i h^S_{i-1} + (1 - \\mu_i)\\, (h^B_i W^{down}_i + b^{down}_i)$, $h^S_i = f^S_i(z_i)$,
 $\\mu_i = \\sigma(\\alpha_i / T)$, $\\alpha_i$ starting at 0 and $T = 0.1$.
 
-The last side state is normalized, projected back to width $d$ by $W^{up}$ and replaces the
-backbone's output, so the model's own final norm, pooling and classifier head read it. As in the
-official code, the ladders and $W^{up}$ have no bias and side layers keep the backbone's number
-of attention heads (and its MLP ratio) at the reduced width; side layers may be dropped
-(`side_layers`), which also drops their ladder and gate.
+The last side state is normalized by the side network's own final norm and projected back to
+width $d$: $\\hat h = W^{up} \\mathrm{LN}^S(h^S_L) + b^{up}$ replaces the backbone's output, and
+the model's pooling and classifier head read it directly. The backbone's final norm (`norm`, or
+`fc_norm` after pooling) is bypassed, because the official code feeds the up-projected side state
+straight to the output head: in `seq2seq/third_party/models/t5/modeling_side_t5.py` of
+github.com/ylsung/Ladder-Side-Tuning (commit 1798e82), `T5Stack.forward` applies
+`final_side_layer_norm` to the side stream (line 1311) and
+`T5ForConditionalGeneration.forward` applies `side_final_upsample` and then `lm_head`
+(lines 2031-2055), with no backbone norm in between; the backbone's `final_layer_norm` acts only
+on the backbone stream (line 1308).
+
+The ladders and $W^{up}$ have biases, as in the released scripts: every LST script sets
+`add_bias_sampling` to true (e.g. `seq2seq/scripts/ladder_side_tuning_base.sh`, line 38, and
+`seq2seq/configs/side_transformers.json`, line 51; `VL-T5/src/side_transformers/config.py`,
+line 8), overriding the false default of `seq2seq/training_args.py` (line 114), and it is the
+`bias` flag of the first ladder, the ladders and the up-projection
+(`modeling_side_t5.py`, lines 884, 887 and 1710). Their weights start from
+$\\mathcal{N}(0, 0.01^2)$ and their biases at zero, which is what the official model's
+`_init_weights` does to every plain `nn.Linear` (`modeling_side_t5.py`, lines 798-802). Side
+layers keep the backbone's number of attention heads (and its MLP ratio) at the reduced width;
+side layers may be dropped (`side_layers`), which also drops their ladder and gate.
 
 Memory: the backbone only runs forward. Each backbone block runs under `torch.no_grad()` and its
 output is detached before a ladder reads it, so autograd stores no backbone activation and no
@@ -24,7 +40,9 @@ gradient ever enters the backbone; only the ladder inputs (the block outputs) ar
 Implementation: every block is wrapped by [`LadderBlock`][reference_impls.methods.lst.LadderBlock].
 Between blocks the side stream travels as $d/r$ extra channels appended to the token features
 (`[h^B_i, h^S_i]`), so no state is kept outside the forward pass; the last wrapper returns
-$W^{up} \\mathrm{LN}(h^S_L)$ with the original width and token layout. A custom `attn_mask` is
+$W^{up} \\mathrm{LN}^S(h^S_L) + b^{up}$ with the original width and token layout. The backbone's
+final norm layers are wrapped by [`BypassedNorm`][reference_impls.methods.lst.BypassedNorm],
+which passes its input through (the frozen norm stays in the model). A custom `attn_mask` is
 passed to both the backbone block and the side layer; `forward_intermediates` would see the
 widened features.
 
@@ -44,7 +62,22 @@ from pydantic import model_validator
 from torch import nn
 from timm.models.vision_transformer import Block, init_weights_vit_timm
 
-from ..authoring import MethodConfig, NonNegativeInt, PositiveFloat, PositiveInt, Wrapper, register, replace_module
+from ..authoring import (
+    NORM_TYPES,
+    MethodConfig,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    Wrapper,
+    register,
+    replace_module,
+)
+
+FINAL_NORMS = ("norm", "fc_norm")
+"""timm's final norm layers: `norm` before pooling, `fc_norm` after it (average-pooling models)."""
+
+LADDER_INIT_STD = 0.01
+"""Standard deviation of the ladder and up-projection weights at initialization (official code)."""
 
 
 class LSTConfig(MethodConfig):
@@ -68,11 +101,43 @@ class LSTConfig(MethodConfig):
         return self
 
 
+def ladder(in_features: int, out_features: int, factory: dict[str, Any]) -> nn.Linear:
+    """A ladder (or the up-projection): a biased linear layer initialized as in the official code.
+
+    Args:
+        in_features: Input width.
+        out_features: Output width.
+        factory: `device` and `dtype` of the new parameters.
+    """
+    layer = nn.Linear(in_features, out_features, bias=True, **factory)
+    with torch.no_grad():
+        # W ~ N(0, 0.01^2), b = 0
+        nn.init.normal_(layer.weight, std=LADDER_INIT_STD)
+        nn.init.zeros_(layer.bias)
+    return layer
+
+
+class BypassedNorm(Wrapper):
+    """A final norm layer of the backbone that LST's output skips: returns its input unchanged.
+
+    The official LST feeds the up-projected side state to the output head without a backbone
+    norm (see the module docstring); the frozen norm is kept as `base_layer`, unused.
+
+    Args:
+        base_layer: The backbone's final norm (`norm` or `fc_norm`).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return `x`: the side network's output reaches pooling and head as it is."""
+        return x
+
+
 class LadderBlock(Wrapper):
     """A frozen backbone block, run without autograd, plus its rung of the side network.
 
     Input: `h^B_{i-1}` (first block) or `[h^B_{i-1}, h^S_{i-1}]` (width d + d/r). Output:
-    `[h^B_i, h^S_i]`, or `W_up LN(h^S_L)` (width d) for the last block.
+    `[h^B_i, h^S_i]`, or `W_up LN^S(h^S_L) + b_up` (width d) for the last block. The ladders and
+    `W_up` are biased linear layers (see [`ladder`][reference_impls.methods.lst.ladder]).
 
     Args:
         base_layer: The frozen backbone block.
@@ -104,14 +169,14 @@ class LadderBlock(Wrapper):
         self.first, self.last = first, last
         self.temperature = temperature
         if first:
-            self.peft_down_embed = nn.Linear(dim, side_dim, bias=False, **factory)
+            self.peft_down_embed = ladder(dim, side_dim, factory)
         if side_layer is not None:
-            self.peft_down = nn.Linear(dim, side_dim, bias=False, **factory)
+            self.peft_down = ladder(dim, side_dim, factory)
             self.peft_gate = nn.Parameter(torch.full((1,), gate_init, **factory))
             self.peft_side = side_layer
         if last:
             self.peft_side_norm = nn.LayerNorm(side_dim, eps=1e-6, **factory)
-            self.peft_up = nn.Linear(side_dim, dim, bias=False, **factory)
+            self.peft_up = ladder(side_dim, dim, factory)
 
     @property
     def has_side_layer(self) -> bool:
@@ -127,7 +192,7 @@ class LadderBlock(Wrapper):
         """Run the backbone block without autograd and advance the side stream by one layer."""
         if self.first:
             h = x
-            # h^S_0 = h^B_0 W^down_0  (the backbone activation is detached)
+            # h^S_0 = h^B_0 W^down_0 + b^down_0  (the backbone activation is detached)
             s = self.peft_down_embed(h.detach())
         else:
             h, s = x[..., : self.dim], x[..., self.dim :]
@@ -137,12 +202,13 @@ class LadderBlock(Wrapper):
         h = h.detach()
         if self.has_side_layer:
             mu = self.gate().to(s.dtype)
-            # z_i = μ_i h^S_{i-1} + (1 - μ_i) h^B_i W^down_i
+            # z_i = μ_i h^S_{i-1} + (1 - μ_i) (h^B_i W^down_i + b^down_i)
             z = mu * s + (1 - mu) * self.peft_down(h)
             # h^S_i = f^S_i(z_i)
             s = self.peft_side(z, *args, **kwargs)
         if self.last:
-            # output = W^up LN(h^S_L): replaces the backbone output before the final norm and head
+            # output = W^up LN^S(h^S_L) + b^up: replaces the backbone output; the backbone's final
+            # norm is bypassed (BypassedNorm), so pooling and head read it as it is
             return self.peft_up(self.peft_side_norm(s))
         # [h^B_i, h^S_i]: the side stream rides along as extra channels
         return torch.cat([h, s], dim=-1)
@@ -178,7 +244,8 @@ def side_layer(block: nn.Module, side_dim: int, reduction: int, num_heads: int, 
 
 
 def apply_lst(model: nn.Module, config: LSTConfig) -> list[str]:
-    """Wrap every block with a [`LadderBlock`][reference_impls.methods.lst.LadderBlock].
+    """Wrap every block with a [`LadderBlock`][reference_impls.methods.lst.LadderBlock] and the
+    backbone's final norm layers with [`BypassedNorm`][reference_impls.methods.lst.BypassedNorm].
 
     Args:
         model: A timm vision transformer (already frozen).
@@ -221,6 +288,10 @@ def apply_lst(model: nn.Module, config: LSTConfig) -> list[str]:
             reference=reference,
         )
         replace_module(model, f"blocks.{index}", wrapper)
+    # the up-projected side state goes to pooling and head without the backbone's final norm
+    for name in FINAL_NORMS:
+        if isinstance(getattr(model, name, None), NORM_TYPES):
+            replace_module(model, name, BypassedNorm(getattr(model, name)))
     return []
 
 

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
-from ..authoring import Dropout, MergeableWrapper, MethodConfig, PositiveInt, register, replace_module
+from ..authoring import Dropout, MergeableWrapper, MethodConfig, PositiveInt, Preset, register, replace_module
 
 POSITIONS = {"attn": "attn.qkv", "mlp": "mlp.fc1"}
 """Adapter positions and the layer (relative to a block) whose input each adapter transforms."""
@@ -160,4 +160,13 @@ def apply_repadapter(model: nn.Module, config: RepAdapterConfig) -> list[str]:
     return []
 
 
-register("repadapter", RepAdapterConfig, apply_repadapter, mergeable=True)
+PRESETS = {
+    "vtab-1k": Preset(
+        {"hidden_dim": 8, "groups": 2, "positions": ("attn", "mlp")},
+        source="luo2023towards: the official ViT code (github.com/luogen1996/RepAdapter): h = 8, g = 2, "
+        "adapters before qkv and fc1",
+        note="The scale s is searched per task (scripts/search_repattn.sh of the official code).",
+    ),
+}
+
+register("repadapter", RepAdapterConfig, apply_repadapter, mergeable=True, presets=PRESETS)

@@ -34,6 +34,7 @@ from ..authoring import (
     QKV_PARTS,
     MergeableWrapper,
     MethodConfig,
+    Preset,
     Targets,
     find_linear_targets,
     head_modules,
@@ -177,4 +178,13 @@ def apply_ssf(model: nn.Module, config: SSFConfig) -> list[str]:
     return []
 
 
-register("ssf", SSFConfig, apply_ssf, mergeable=True)
+# the official code's placement and initialization (gamma ~ N(1, 0.02^2), beta ~ N(0, 0.02^2))
+_OFFICIAL = {"targets": (PATCH_EMBED, NORM, "qkv", "proj", "fc1", "fc2"), "init_std": 0.02}
+PRESETS = {
+    "vtab-1k": Preset(_OFFICIAL, source="lian2022scaling: the official ViT code (github.com/dongzelian/SSF), "
+                      "train_scripts/vit/vtab/*/train_ssf.sh"),
+    "fgvc": Preset(_OFFICIAL, source="lian2022scaling: the official ViT code (github.com/dongzelian/SSF), "
+                   "train_scripts/vit/fgvc/*/train_ssf.sh"),
+}
+
+register("ssf", SSFConfig, apply_ssf, mergeable=True, presets=PRESETS)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ import reference_impls as ri
 from reference_impls.methods.fact import FacTFactors, FacTLinear
 
 from .common import Case, applied, batch, build, perturb
-from .reported import Reported, added_parameters, assert_printed, in_millions, stored_params_m
+from .reported import added_parameters, in_millions
 
 
 def wrappers(model: torch.nn.Module) -> dict[str, FacTLinear]:
@@ -61,20 +62,78 @@ def test_tt_matches_official_computation() -> None:
             torch.testing.assert_close(layer(x) - layer.base_layer(x), official_tt_update(layer, kind, x))
 
 
-def test_tk_attention_matches_official_computation() -> None:
-    """The official FacT-TK code mixes `FacTc @ FacTp[:, j]` (r x r x r times a column of P) and
-    applies the result from the right, `(FacTu x) @ core`: our C with its first two axes swapped."""
-    model = ri.apply(build(), "fact", form="tk", r=3, scale=0.5, targets=("qkv", "proj"))
+def released_tk_update(layer: FacTLinear, kind: str, x: torch.Tensor) -> torch.Tensor:
+    """The increment as the released FacT-TK code computes it (`FacT/fact_tk.py`, lines 59-104, of
+    github.com/JieShibo/PETL-ViT), with its modules rebuilt from ours: `FacTu` (d -> r) has weight
+    V^T, `FacTv` (r -> d) weight U, `FacTc` is C, and the layer's columns of `FacTp` are its rows
+    of P. The mixed cores are `FacTc @ FacTp[:, j]`. q, k, v, proj and fc1 right-multiply the
+    projected input by them, `(FacTu x) @ M_j`; fc2 right-multiplies the projected hidden chunks
+    by the transposed mixed cores. The released code lays an MLP layer's mixed cores side by side
+    in an order that interleaves rank and slice indices (a documented difference); here they are
+    side by side in slice order, which is the released layout exactly when the MLP hidden width
+    is one block (its reshapes to blocks then do nothing)."""
+    U, V, C, s = layer.factors.U, layer.factors.V, layer.factors.C, layer.scale
+    d, r = U.shape
+
+    def fact_u(t: torch.Tensor) -> torch.Tensor:
+        return F.linear(t, V.T)
+
+    def fact_v(t: torch.Tensor) -> torch.Tensor:
+        return F.linear(t, U)
+
+    columns = layer.peft_fact_P.flatten(0, 1).T  # this layer's columns of the released r x 12L matrix
+    mixed = C @ columns  # (r, r, slices)
+    if kind == "qkv":
+        return s * torch.cat([fact_v(fact_u(x) @ mixed[:, :, j]) for j in range(3)], dim=-1)
+    if kind == "proj":
+        return s * fact_v(fact_u(x) @ mixed[:, :, 0])
+    blocks = mixed.shape[-1]
+    side_by_side = torch.cat([mixed[:, :, j] for j in range(blocks)], dim=1)  # (r, blocks r)
+    if kind == "fc1":
+        projected = (fact_u(x) @ side_by_side).unflatten(-1, (blocks, r))
+        return s * fact_v(projected).flatten(-2)
+    chunks = fact_u(x.unflatten(-1, (blocks, d))).flatten(-2)  # (..., blocks r)
+    # fc2: the transposed mixed cores
+    return s * fact_v(chunks @ side_by_side.T)
+
+
+@pytest.mark.parametrize("mlp_ratio", [1.0, 4.0])
+def test_tk_matches_released_computation(mlp_ratio: float) -> None:
+    """Every adapted layer, fc2 included, against the released formulas: exact for attention, and
+    for the MLP with one hidden block (mlp_ratio 1) or with the slices in slice order (4 blocks)."""
+    model = ri.apply(build(mlp_ratio=mlp_ratio), "fact", form="tk", r=3, scale=0.5, dropout=0.0)
     perturb(model, scale=0.5)
-    c_official = model.peft_fact.C.transpose(0, 1)
     with torch.no_grad():
         for name, layer in wrappers(model).items():
-            U, V = layer.factors.U, layer.factors.V
+            kind = name.rsplit(".", 1)[1]
+            assert layer.input_rank_first == (kind != "fc2")
             x = tokens(layer.base_layer.in_features)
-            columns = layer.peft_fact_P[:, 0, :].T  # this layer's columns of the official r x 12L matrix
-            cores = c_official @ columns  # (r, r, slices)
-            pieces = [F.linear((x @ V) @ cores[:, :, j], U) for j in range(cores.shape[-1])]
-            torch.testing.assert_close(layer(x) - layer.base_layer(x), 0.5 * torch.cat(pieces, dim=-1))
+            torch.testing.assert_close(layer(x) - layer.base_layer(x), released_tk_update(layer, kind, x))
+
+
+def test_tk_fc2_direction_differs_from_the_other_layers() -> None:
+    """By hand for one token: in the released code fc2's mixed core maps with its first axis on the
+    output rank, y_a = sum_k M[a, k] z_k, where q maps with it on the input rank,
+    y_k = sum_a z_a M[a, k]. The two directions give different increments of the same C and P."""
+    model = ri.apply(build(mlp_ratio=1.0), "fact", form="tk", r=3, scale=1.0, dropout=0.0, targets=("q", "fc2"))
+    perturb(model, scale=0.5)
+    layers = {name.split(".", 2)[2]: layer for name, layer in wrappers(model).items() if name.startswith("blocks.0.")}
+    qkv, fc2 = layers["attn.qkv"], layers["mlp.fc2"]
+    U, V, C = model.peft_fact.U, model.peft_fact.V, model.peft_fact.C
+    x = tokens(32)[0, 0]
+    z = V.T @ x  # FacTu x
+    with torch.no_grad():
+        for layer, first_axis in ((qkv, "input"), (fc2, "output")):
+            p = layer.peft_fact_P[0, 0]  # the layer's column of FacTp
+            m = torch.einsum("ikt,t->ik", C, p)  # FacTc @ FacTp[:, j]
+            y = torch.stack([sum(z[a] * m[a, k] for a in range(3)) for k in range(3)])  # y_k = sum_a z_a M[a, k]
+            if first_axis == "output":
+                y = torch.stack([sum(m[a, k] * z[k] for k in range(3)) for a in range(3)])  # y_a = sum_k M[a, k] z_k
+            delta = layer(x) - layer.base_layer(x)
+            torch.testing.assert_close(delta[:32], U @ y)
+            # the other direction gives another increment: the test sees the direction
+            other = U @ (m @ z if first_axis == "input" else m.T @ z)
+            assert (delta[:32] - other).abs().max() > 1e-3
 
 
 @pytest.mark.parametrize("form", ["tt", "tk"])
@@ -133,68 +192,23 @@ def test_widths_not_multiple_of_d_refused() -> None:
         ri.apply(build(mlp_ratio=3.5), "fact")
 
 
-# FacT, Table 1 (ViT-B/16, VTAB-1k): params_m counts backbone parameters only (head excluded).
-FIXED_RANK = [
-    ({"form": "tt", "r": 4}, Reported("0.008", "vtab-1k/jie2023fact.yaml", "FacT-TT_{4}")),
-    ({"form": "tk", "r": 8}, Reported("0.014", "vtab-1k/jie2023fact.yaml", "FacT-TK_{8}")),
-]
+# FacT, Table 1 (ViT-B/16, VTAB-1k): params_m counts backbone parameters only (head excluded);
+# test_reported_presets.py recomputes every row from the presets.
 
 
-@pytest.mark.parametrize(("kwargs", "reported"), FIXED_RANK, ids=[r.id for _, r in FIXED_RANK])
-def test_fixed_rank_count_matches_paper(kwargs: dict, reported: Reported) -> None:
-    count = added_parameters("fact", **kwargs)
-    r, d = kwargs["r"], 768
+@pytest.mark.parametrize("preset", ["vtab-1k-tt4", "vtab-1k-tk8"])
+def test_fixed_rank_count_formula(preset: str) -> None:
+    options = ri.get_preset("fact", preset).options
+    r, d = options["r"], 768
     # TT: 2 d r + 12 L r^2; TK: 2 d r + r^3 + 12 L r
-    assert count == (2 * d * r + (144 * r * r if kwargs["form"] == "tt" else r**3 + 144 * r))
-    assert_printed(count, reported)
-    stored = stored_params_m(reported, "fact")
-    if stored is not None:
-        assert stored == [float(reported.printed)], f"{reported.id}: results file holds {stored}"
-
-
-# The '<=' rows choose r per task; the official per-task ranks are in FacT/configs/{tt,tk}/<task>.yaml
-# of github.com/JieShibo/PETL-ViT. The caption of Table 1 averages the counts over the three VTAB
-# groups (mean of the group means).
-GROUPS = {
-    "natural": ["cifar", "caltech101", "dtd", "oxford_flowers102", "oxford_iiit_pet", "svhn", "sun397"],
-    "specialized": ["patch_camelyon", "eurosat", "resisc45", "diabetic_retinopathy"],
-    "structured": ["clevr_count", "clevr_dist", "dmlab", "kitti", "dsprites_loc", "dsprites_ori",
-                   "smallnorb_azi", "smallnorb_ele"],
-}
-RANKS = {
-    "tt": {"cifar": 8, "caltech101": 16, "dtd": 8, "oxford_flowers102": 16, "oxford_iiit_pet": 8, "svhn": 16,
-           "sun397": 8, "patch_camelyon": 8, "eurosat": 8, "resisc45": 8, "diabetic_retinopathy": 8,
-           "clevr_count": 16, "clevr_dist": 4, "dmlab": 16, "kitti": 16, "dsprites_loc": 16, "dsprites_ori": 16,
-           "smallnorb_azi": 16, "smallnorb_ele": 8},
-    "tk": {"cifar": 32, "caltech101": 32, "dtd": 16, "oxford_flowers102": 32, "oxford_iiit_pet": 16, "svhn": 32,
-           "sun397": 16, "patch_camelyon": 32, "eurosat": 32, "resisc45": 32, "diabetic_retinopathy": 16,
-           "clevr_count": 32, "clevr_dist": 16, "dmlab": 32, "kitti": 32, "dsprites_loc": 32, "dsprites_ori": 32,
-           "smallnorb_azi": 32, "smallnorb_ele": 16},
-}
-SEARCHED_RANK = [
-    ("tt", Reported("0.037", "vtab-1k/jie2023fact.yaml", "FacT-TT_{≤16}")),
-    ("tk", Reported("0.069", "vtab-1k/jie2023fact.yaml", "FacT-TK_{≤32}")),
-    # the same configuration as reprinted by later papers, at two decimals
-    ("tk", Reported("0.07", "vtab-1k/kim2023hydra.yaml", "FacT-TK")),
-    ("tk", Reported("0.07", "vtab-1k/dong2024efficient.yaml", "FacT-TK≤32[26]")),
-]
-
-
-@pytest.mark.parametrize(("form", "reported"), SEARCHED_RANK, ids=[r.id for _, r in SEARCHED_RANK])
-def test_per_task_rank_count_matches_paper(form: str, reported: Reported) -> None:
-    ranks = RANKS[form]
-    assert sorted(ranks) == sorted(t for tasks in GROUPS.values() for t in tasks)
-    by_rank = {r: added_parameters("fact", form=form, r=r) for r in set(ranks.values())}
-    group_means = [sum(by_rank[ranks[t]] for t in tasks) / len(tasks) for tasks in GROUPS.values()]
-    count = round(sum(group_means) / len(group_means))
-    assert_printed(count, reported)
-    stored = stored_params_m(reported, "fact")
-    if stored is not None:
-        assert stored == [float(reported.printed)], f"{reported.id}: results file holds {stored}"
+    expected = 2 * d * r + (144 * r * r if options["form"] == "tt" else r**3 + 144 * r)
+    assert added_parameters("fact", preset=preset) == expected
 
 
 def test_mean_over_tasks_would_not_match_tt() -> None:
-    """The group-mean convention matters: the plain mean over the 19 tasks prints 0.040 for FacT-TT."""
-    by_rank = {r: added_parameters("fact", form="tt", r=r) for r in (4, 8, 16)}
-    plain = round(sum(by_rank[r] for r in RANKS["tt"].values()) / 19)
+    """The caption's convention matters: averaged over the 19 per-task presets directly, instead of
+    over the three group means, FacT-TT_{<=16} prints 0.040, not 0.037."""
+    names = [name for name in ri.list_presets("fact") if name.startswith("vtab-1k-tt/")]
+    assert len(names) == 19
+    plain = statistics.fmean(added_parameters("fact", preset=name) for name in names)
     assert in_millions(plain, "0.037") == "0.040"

@@ -1,6 +1,6 @@
 """GLoRA-specific checks: the layer formula for every combination of forms, the official
-initialization, the terms the invariant matrix cannot see (D, a scalar B), bias-free layers and
-config errors."""
+initialization, the terms the invariant matrix cannot see (D, a scalar B), bias-free layers, the
+size of the default sub-network and config errors."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import reference_impls as ri
 from reference_impls.methods.glora import ALLOWED, COMPONENTS, GLoRALinear
 
 from .common import TOL, batch, build, perturb
+from .reported import added_parameters, in_millions
 
 COMBINATIONS = list(itertools.product(*(ALLOWED[name] for name in COMPONENTS)))
 
@@ -137,6 +138,33 @@ def test_overrides_replace_the_forms_of_one_layer() -> None:
     assert model.blocks[1].attn.proj.forms == {"a": "none", "b": "scalar", "c": "none", "d": "none", "e": "scalar"}
     assert model.blocks[0].attn.proj.forms == {"a": "lora", "b": "lora", "c": "lora", "d": "vector", "e": "vector"}
     assert sorted(model.blocks[1].attn.proj.peft_glora) == ["B", "E"]
+
+
+def official_search_count(forms: dict[str, str], r: int, layers: list[tuple[int, int]]) -> int:
+    """Parameters of a configuration as the official search counts them (`get_param_tensor` in
+    GLoRA/evolution_utils.py of github.com/Arnav0400/ViT-Slim): per (d_out, d_in) layer, a low-rank
+    A or B r (d_out + d_in), a low-rank C r (d_in + 1), a vector d_out (C: d_in), a scalar 1."""
+    total = 0
+    for d_out, d_in in layers:
+        for name, form in forms.items():
+            rows, cols = (d_in, 1) if name == "c" else (d_out, d_in)
+            total += {"lora": r * (rows + cols), "vector": rows, "scalar": 1, "none": 0}[form]
+    return total
+
+
+def test_default_is_the_full_search_space_above_the_official_budget() -> None:
+    """The defaults train the largest member of the search space on all 48 linear layers of
+    ViT-B/16: 1.60M parameters without the head, as the official search would count them, and above
+    its default budget of 1.00M (`--param-limits`, GLoRA/evolution.py), so they are not a searched
+    sub-network."""
+    d = 768
+    layers = [(3 * d, d), (d, d), (4 * d, d), (d, 4 * d)] * 12
+    defaults = {"a": "lora", "b": "lora", "c": "lora", "d": "vector", "e": "vector"}
+    count = added_parameters("glora")
+    assert count == official_search_count(defaults, 4, layers) == 1_603_776
+    assert in_millions(count, "1.60") == "1.60" and count > 1_000_000
+    # no combination of forms has more parameters than the defaults
+    assert all(official_search_count(dict(zip(COMPONENTS, c)), 4, layers) <= count for c in COMBINATIONS)
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,7 @@
-"""LST-specific checks: the ladder equations, that backpropagation never enters the backbone
-(no autograd inside frozen blocks, no backbone activation saved, no gradient to the input), layer
-dropping and config errors."""
+"""LST-specific checks: the ladder equations, the output path of the official code (biased
+ladders, no backbone norm after the up-projection), that backpropagation never enters the
+backbone (no autograd inside frozen blocks, no backbone activation saved, no gradient to the
+input), layer dropping and config errors."""
 
 from __future__ import annotations
 
@@ -9,15 +10,24 @@ import torch
 from torch import nn
 
 import reference_impls as ri
-from reference_impls.methods.lst import LadderBlock
+from reference_impls.methods.lst import BypassedNorm, LadderBlock
 
 from .common import BACKBONES, batch, build, perturb
 
 backbones = pytest.mark.parametrize("backbone", list(BACKBONES))
 
 
+def pooled_logits(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """The classifier on the tokens with no norm in between: timm's pooling, then the head(s)
+    (DeiT's distillation head averaged in, as timm does in eval mode)."""
+    if getattr(model, "head_dist", None) is not None:
+        return (model.head(tokens[:, 0]) + model.head_dist(tokens[:, 1])) / 2
+    return model.head(model.pool(tokens))
+
+
 def reference_forward(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """LST written out from the paper's equations with the wrappers' parts, as an independent check."""
+    """LST written out from the paper's equations with the wrappers' parts, as an independent check:
+    the up-projected side state goes to pooling and head without the backbone's final norm."""
     x = model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(images))))
     h = x
     s = model.blocks[0].peft_down_embed(h)
@@ -27,8 +37,9 @@ def reference_forward(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
             mu = torch.sigmoid(block.peft_gate / block.temperature)
             s = block.peft_side(mu * s + (1 - mu) * block.peft_down(h))
     last = model.blocks[-1]
+    # W^up LN^S(h^S_L) + b^up, read by pooling and head as it is
     out = last.peft_up(last.peft_side_norm(s))
-    return model.forward_head(model.norm(out))
+    return pooled_logits(model, out)
 
 
 @backbones
@@ -51,7 +62,43 @@ def test_structure_gates_and_layer_dropping() -> None:
     # mu = sigmoid(0 / T) = 0.5 at init
     assert model.blocks[1].gate().item() == 0.5
     ladders = [m for n, m in model.named_modules() if n.endswith(("peft_down", "peft_down_embed", "peft_up"))]
-    assert ladders and all(m.bias is None for m in ladders)
+    assert len(ladders) == 3
+
+
+def test_ladders_have_biases_and_the_official_initialization() -> None:
+    """The released scripts set `add_bias_sampling`, and the official `_init_weights` draws every
+    plain linear layer's weight from N(0, 0.01^2) with a zero bias."""
+    model = ri.apply(build(embed_dim=64, depth=3), "lst", reduction=4)
+    names = ("peft_down", "peft_down_embed", "peft_up")
+    ladders = {n: m for n, m in model.named_modules() if n.endswith(names)}
+    # first ladder, one ladder per side layer, up-projection
+    assert len(ladders) == 1 + 3 + 1
+    assert all(m.bias is not None and torch.count_nonzero(m.bias) == 0 for m in ladders.values())
+    weights = torch.cat([m.weight.flatten() for m in ladders.values()])
+    # 5 x 64 x 16 = 5120 draws: the sample std is within a few percent of 0.01
+    assert abs(weights.std().item() - 0.01) < 0.001 and weights.abs().max() < 0.06
+    trainable = set(ri.adapter_parameter_names(model))
+    assert {f"{n}.bias" for n in ladders} <= trainable
+
+
+@backbones
+def test_backbone_final_norm_is_bypassed(backbone: str) -> None:
+    """Pooling and head read W^up LN^S(h^S_L) + b^up directly: the backbone's final norm (`norm`,
+    or `fc_norm` on average-pooling models) is wrapped, kept frozen, and has no effect."""
+    images, _ = batch()
+    plain = build(backbone, depth=3)
+    norms = [name for name in ("norm", "fc_norm") if isinstance(getattr(plain, name), nn.LayerNorm)]
+    model = ri.apply(build(backbone, depth=3), "lst", reduction=4)
+    perturb(model)
+    assert norms and all(isinstance(getattr(model, name), BypassedNorm) for name in norms)
+    assert not any(p.requires_grad for name in norms for p in getattr(model, name).parameters())
+    with torch.no_grad():
+        before = model(images)
+        for name in norms:
+            norm = getattr(model, name).base_layer
+            norm.weight.mul_(3.0)
+            norm.bias.add_(1.0)
+        torch.testing.assert_close(model(images), before, atol=0.0, rtol=0.0)
 
 
 @backbones

@@ -37,7 +37,8 @@ COUNTS = [
     ("lora", {"r": 8}, L * 2 * (8 * D + D * 8) + HEAD),
     ("lora", {"r": 8, "targets": ("q", "k", "v", "proj")}, L * 4 * (8 * D + D * 8) + HEAD),
     ("lora", {"r": 4, "targets": ("fc1", "fc2")}, L * (4 * (D + 4 * D) + 4 * (4 * D + D)) + HEAD),
-    ("lora", {"r": 8, "targets": ("qkv",)}, L * (8 * D + 3 * D * 8) + HEAD),
+    # the VTAB-1k tables' LoRA (NOAH's code: rank 8 on the fused qkv)
+    ("lora", {"preset": "vtab-1k"}, L * (8 * D + 3 * D * 8) + HEAD),
     # LoRA's count plus a magnitude per adapted output feature: 12 * 2 * (2 * 8 * 768 + 768)
     ("dora", {"r": 8}, L * 2 * (8 * D + D * 8 + D) + HEAD),
     ("dora", {"r": 8, "targets": ("qkv",)}, L * (8 * D + 3 * D * 8 + 3 * D) + HEAD),
@@ -55,13 +56,14 @@ COUNTS = [
     ("vpt-deep", {"num_tokens": 10}, L * 10 * D + HEAD),
     # two adapters per block, 2 m d + m + d each, plus the gain and bias of 2 LayerNorms per block and the final norm
     ("adapter", {}, L * 2 * (2 * 64 * D + 64 + D) + (2 * L + 1) * 2 * D + HEAD),
-    ("adapter", {"bottleneck": 8, "positions": ("mlp",), "train_norms": False}, L * (2 * 8 * D + 8 + D) + HEAD),
+    # the VTAB-1k tables' Adapter (NOAH's code): one adapter of width 8 per block, norms frozen
+    ("adapter", {"preset": "vtab-1k"}, L * (2 * 8 * D + 8 + D) + HEAD),
     # one AdaptMLP branch per block: 2 d m + m + d
     ("adaptformer", {}, L * (2 * 64 * D + 64 + D) + HEAD),
-    ("adaptformer", {"bottleneck": 8}, L * (2 * 8 * D + 8 + D) + HEAD),
+    ("adaptformer", {"preset": "vtab-1k"}, L * (2 * 8 * D + 8 + D) + HEAD),
     # per bypass: 1x1 down d d' + d', 3x3 conv 9 d'^2 + d', 1x1 up d' d + d; two per block (one for Convpass-attn)
     ("convpass", {}, 2 * L * (D * 8 + 8 + 9 * 8 * 8 + 8 + 8 * D + D) + HEAD),
-    ("convpass", {"positions": ("attn",)}, L * (D * 8 + 8 + 9 * 8 * 8 + 8 + 8 * D + D) + HEAD),
+    ("convpass", {"preset": "vtab-1k-attn/dtd"}, L * (D * 8 + 8 + 9 * 8 * 8 + 8 + 8 * D + D) + HEAD),
     # RGB frame of width p on an H x H image: 2 strips p x H and 2 strips (H - 2p) x p = 12 p (H - p)
     ("visual-prompting", {}, 12 * 30 * (224 - 30) + HEAD),
     ("visual-prompting", {"prompt_size": 112}, 3 * 224 * 224 + HEAD),
@@ -79,10 +81,12 @@ COUNTS = [
     ("noah", {"prompt_tokens": (5,) * 6 + (0,) * 6, "lora_ranks": 1, "adapter_dims": (8,) * 3 + (0,) * 9},
      6 * 5 * D + L * 1 * (D + 3 * D) + 3 * (2 * 8 * D + 8 + D) + HEAD),
     # side width w = d / 8 = 96, MLP hidden 4w: a block has 2 LayerNorms 4w, qkv 3w^2 + 3w, proj w^2 + w,
-    # fc1 4w^2 + 4w, fc2 4w^2 + w; each of 12 rungs adds a ladder d w and a gate; plus the first
-    # down-projection d w, the side's final LayerNorm 2w and the up-projection w d
-    ("lst", {}, L * ((12 * 96 * 96 + 13 * 96) + D * 96 + 1) + D * 96 + 2 * 96 + 96 * D + HEAD),
-    ("lst", {"reduction": 4, "side_layers": (3, 7, 11)}, 3 * ((12 * 192 * 192 + 13 * 192) + D * 192 + 1) + D * 192 + 2 * 192 + 192 * D + HEAD),
+    # fc1 4w^2 + 4w, fc2 4w^2 + w; each of 12 rungs adds a ladder d w + w (biased, as in the
+    # released scripts) and a gate; plus the first down-projection d w + w, the side's final
+    # LayerNorm 2w and the up-projection w d + d
+    ("lst", {}, L * ((12 * 96 * 96 + 13 * 96) + (D * 96 + 96) + 1) + (D * 96 + 96) + 2 * 96 + (96 * D + D) + HEAD),
+    ("lst", {"reduction": 4, "side_layers": (3, 7, 11)},
+     3 * ((12 * 192 * 192 + 13 * 192) + (D * 192 + 192) + 1) + (D * 192 + 192) + 2 * 192 + (192 * D + D) + HEAD),
     # conv side network: 4 x (3x3 conv + bias, GroupNorm 2 x 64), first from 3 channels; linear 64 -> d; alpha
     ("side-tuning", {}, (9 * 3 * 64 + 64 + 128) + 3 * (9 * 64 * 64 + 64 + 128) + (64 * D + D) + 1 + HEAD),
     # MLP on the 8 x 8 pooled image: 192 -> 64 -> d; alpha
@@ -95,6 +99,7 @@ COUNTS = [
     ("fact", {}, 2 * D * 8 + L * 12 * 8 * 8 + HEAD),
     # FacT-TK: shared U, V, core tensor r^3, and one row of P (r) per slice
     ("fact", {"form": "tk", "r": 32}, 2 * D * 32 + 32**3 + L * 12 * 32 + HEAD),
+    ("fact", {"preset": "vtab-1k-tt4"}, 2 * D * 4 + L * 12 * 4 * 4 + HEAD),
     ("fact", {"r": 4, "targets": ("q", "v")}, 2 * D * 4 + L * 2 * 4 * 4 + HEAD),
     # per adapter: W_d d h + b_d h, group-wise W_u d h / g + b_u d; two adapters per block (h = 8, g = 2)
     ("repadapter", {}, L * 2 * (D * 8 + 8 + D * 8 // 2 + D) + HEAD),

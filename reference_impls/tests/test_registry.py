@@ -151,3 +151,53 @@ def test_register_refuses_a_taken_name_and_a_plain_class() -> None:
         ri.register("lora", ToySelectConfig, apply_toy, mergeable=False)
     with pytest.raises(ValueError, match="must subclass MethodConfig"):
         ri.register("toy-plain", dict, apply_toy, mergeable=False)
+
+
+def test_a_preset_gives_its_options_and_keyword_arguments_override_them(tmp_path: Path) -> None:
+    model = ri.apply(build(), "adapter", preset="vtab-1k", dropout=0.1)
+    record = model.peft_atlas_method
+    assert record["preset"] == "vtab-1k"
+    # the config holds the resolved values: the preset's, then the explicit ones
+    assert record["config"] == ri.build_config(
+        "adapter", {**ri.get_preset("adapter", "vtab-1k").options, "dropout": 0.1}
+    ).model_dump(mode="json")
+    assert record["config"]["bottleneck"] == 8 and record["config"]["dropout"] == 0.1
+    # an adapter file carries the config, not the preset: loading needs no preset
+    path = tmp_path / "adapter.safetensors"
+    ri.save_adapter(model, path)
+    fresh = ri.load_adapter(build(), path)
+    assert fresh.peft_atlas_method["config"] == record["config"]
+    assert ri.apply(build(), "adapter").peft_atlas_method["preset"] is None
+
+
+def test_unknown_presets_are_refused_with_the_list() -> None:
+    model = build()
+    with pytest.raises(ValueError, match=r"^adapter: unknown preset 'vtab'; presets of adapter: vtab-1k$"):
+        ri.apply(model, "adapter", preset="vtab")
+    with pytest.raises(ValueError, match=r"^dora: unknown preset 'vtab-1k'; presets of dora: none$"):
+        ri.apply(model, "dora", preset="vtab-1k")
+    assert not hasattr(model, "peft_atlas_method")
+    assert ri.list_presets("noah")[:2] == ["vtab-1k/cifar100", "vtab-1k/caltech101"]
+
+
+def test_presets_are_read_only_and_have_a_source() -> None:
+    preset = ri.get_preset("lora", "vtab-1k")
+    with pytest.raises(TypeError):
+        preset.options["r"] = 4  # type: ignore[index]
+    with pytest.raises(ValueError, match="a preset needs a source"):
+        ri.Preset({"r": 4}, source=" ")
+
+
+@pytest.mark.parametrize(
+    ("presets", "pattern"),
+    [
+        ({"VTAB": ri.Preset({}, source="s")}, r"preset 'VTAB' needs a name like 'vtab-1k'"),
+        ({"vtab-1k/*": ri.Preset({}, source="s")}, r"preset 'vtab-1k/\*' needs a name like"),
+        ({"vtab-1k": {"top": 1}}, r"preset 'vtab-1k' needs a name like .* and a Preset value"),
+        ({"vtab-1k": ri.Preset({"tops": 1}, source="s")}, r"preset 'vtab-1k' is not a valid config"),
+    ],
+)
+def test_register_checks_presets(presets: dict, pattern: str) -> None:
+    with pytest.raises(ValueError, match=pattern):
+        ri.register("toy-bad", ToySelectConfig, apply_toy, mergeable=False, presets=presets)
+    assert "toy-bad" not in ri.list_methods()

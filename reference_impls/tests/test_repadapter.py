@@ -97,7 +97,7 @@ def test_count_against_paper() -> None:
     a bias) adds 239,808 parameters, which print as 0.24 M, not 0.22 M. Without the adapters' bias
     vectors the count prints as reported: the printed number leaves out the d-wide biases b_u
     (24 x 768 = 18,432) and possibly b_d (24 x 8)."""
-    count = added_parameters("repadapter")
+    count = added_parameters("repadapter", preset="vtab-1k")
     d, h, g, blocks = 768, 8, 2, 12
     biases = 2 * blocks * (h + d)
     assert count == 2 * blocks * (d * h + h + d * h // g + d) == 239_808

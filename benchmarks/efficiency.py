@@ -1,202 +1,436 @@
-"""Efficiency of every reference implementation on ViT-B/16, measured in one run.
+"""Efficiency of every reference implementation, each figure measured against its own baseline.
 
-For each registered method (default configuration) on `vit_base_patch16_224` at 224 px, batch 8,
-on the CPU of the machine that runs it:
+For each registered method (default configuration) on a timm ViT (default `vit_base_patch16_224`,
+224 px, batch 8, 100 classes, random initialization), on the CPU of the machine that runs it:
 
-- trainable parameters;
-- train-step time (forward, backward, AdamW step) and peak memory, relative to full fine-tuning;
-- inference latency unmerged and, for mergeable methods, after `merge(unload=True)`, relative to
-  the plain backbone;
-- for LoRA, DoRA, VeRA and (IA)3: the same train step with HF PEFT's implementation of the same
-  configuration, as a ratio to ours.
+- train step (forward, backward, AdamW step) relative to full fine-tuning;
+- peak memory of a train step relative to full fine-tuning;
+- inference of the unmerged method relative to the plain backbone;
+- for mergeable methods, inference after `merge(unload=True)` relative to the plain backbone.
 
-Every measurement runs in its own subprocess, so peak memory (max resident set size) belongs to
-that measurement alone. Times are medians over repeated steps after warm-up. Results go to
-benchmarks/measured/efficiency.json, which the site renders on its Efficiency page.
+How. Every model lives in its own worker process, forked from this one before any tensor
+operation runs, and the workers take turns: only one computes at a time. A persistent baseline
+worker holds the plain backbone; it trains as full fine-tuning and infers as the plain backbone.
+Each method gets a worker of its own and, if mergeable, one more for its merged model. After
+`--warmup` untimed turns of each new worker, every round runs, back to back: baseline train step,
+method train step, baseline inference, unmerged inference, merged inference; every other round
+runs in the reverse order, so that no side always goes first. Each round gives one ratio per
+figure, from two measurements taken seconds apart, so load that changes slowly on the machine
+cancels out. The run reports, per figure, the median of the per-round ratios and their
+interquartile range (25th and 75th percentiles, "inclusive" method of `statistics.quantiles`),
+and keeps every raw time. The default of 4 rounds balances the two orders and keeps a run of
+all 24 methods on ViT-B/16 within about 40 minutes on 2 cores.
 
-Usage: python benchmarks/efficiency.py [--steps 3] [--methods lora bitfit ...]
+Peak memory: a worker holds one model only, so its resident set is that measurement's. Before
+each timed train step the worker resets its resident-set high-water mark (Linux
+`/proc/self/clear_refs`, value 5) and reads it (`VmHWM`) after the step. Both sides carry the
+same Python and torch runtime, so the ratio is one of whole processes, not of tensors alone.
+Where the reset is unavailable, the mark covers the worker's whole life (warm-up included).
+
+Checks. The run fails (exit code 1, no output file, each failing method and its figures named on
+stderr, the rejected document kept in a temporary file) when a figure contradicts what the
+method does. `t` is `--tolerance` (default 0.05): ratios within 5 % of 1.00 count as equal, a
+margin for the difference between two processes running the same code (the `full-finetuning`
+row, full fine-tuning measured against itself, shows it), so that only figures that cannot be
+right fail the run.
+
+1. A method that adds tokens, branches or operations to the forward pass (`FORWARD[m] ==
+   "adds"`) cannot run faster than the plain backbone unmerged: fails when the 75th percentile
+   of its inference ratios is below 1 - t.
+2. A merged model is the plain backbone again: fails when the interquartile range of its merged
+   inference ratios, widened by t on each side, does not hold 1.00.
+3. A method whose gradient flows through every backbone block (`GRADIENT[m] == "backbone"`)
+   cannot have a cheaper train step than one whose gradient never enters the backbone
+   (`GRADIENT[m] == "none"`): fails when the 75th percentile of the first is below the 25th
+   percentile of the second minus t.
+
+Results go to `--out` (default benchmarks/measured/efficiency.json), which the site renders on
+its Efficiency page.
+
+Usage: python benchmarks/efficiency.py [--rounds 4] [--methods lora bitfit ...] [--threads 2]
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
+import multiprocessing
+import os
 import platform
+import re
 import resource
+import shlex
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+import traceback
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-OUTPUT = REPO / "benchmarks" / "measured" / "efficiency.json"
-BACKBONE, BATCH, IMAGE, CLASSES = "vit_base_patch16_224", 8, 224, 100
-# HF PEFT configurations equal to our defaults (fused qkv: HF PEFT adapts the whole qkv matrix,
-# so ours is run with targets=("qkv",) for the comparison).
-PEER_CASES = {
-    "lora": ({"r": 8, "alpha": 8.0, "targets": ("qkv",)},
-             "LoraConfig(r=8, lora_alpha=8, target_modules=['qkv'])"),
-    "dora": ({"r": 8, "alpha": 8.0, "targets": ("qkv",)},
-             "LoraConfig(r=8, lora_alpha=8, target_modules=['qkv'], use_dora=True)"),
-    "vera": ({"r": 256, "targets": ("qkv",)},
-             "VeraConfig(r=256, target_modules=['qkv'])"),
-    "ia3": ({"targets": ("qkv", "fc2"), "feedforward": ("fc2",)},
-            "IA3Config(target_modules=['qkv', 'fc2'], feedforward_modules=['fc2'])"),
+sys.path.insert(0, str(REPO))  # reference_impls, also when the package is not installed
+
+FORMAT, FORMAT_VERSION = "peft-atlas-efficiency", 2
+DEFAULT_OUT = REPO / "benchmarks" / "measured" / "efficiency.json"
+CLASSES = 100
+
+# What a method does to the forward pass of the plain backbone before merging: "adds" tokens,
+# branches or operations, or leaves it "same" (it trains parameters the backbone already has).
+FORWARD = {
+    "adapter": "adds", "adaptformer": "adds", "bitfit": "same", "convpass": "adds", "dora": "adds",
+    "fact": "adds", "full-finetuning": "same", "glora": "adds", "ia3": "adds", "kadaptation": "adds",
+    "linear-probing": "same", "ln-tuning": "same", "lora": "adds", "lst": "adds", "noah": "adds",
+    "partial-k": "same", "prefix-tuning": "adds", "repadapter": "adds", "side-tuning": "adds",
+    "ssf": "adds", "vera": "adds", "visual-prompting": "adds", "vpt-deep": "adds", "vpt-shallow": "adds",
 }
+# Where the training gradient flows: through every "backbone" block (to the input or the first
+# tuned parameter), through the "last-blocks" only, or "none" (it never enters the backbone).
+GRADIENT = {
+    "adapter": "backbone", "adaptformer": "backbone", "bitfit": "backbone", "convpass": "backbone",
+    "dora": "backbone", "fact": "backbone", "full-finetuning": "backbone", "glora": "backbone",
+    "ia3": "backbone", "kadaptation": "backbone", "linear-probing": "none", "ln-tuning": "backbone",
+    "lora": "backbone", "lst": "none", "noah": "backbone", "partial-k": "last-blocks",
+    "prefix-tuning": "backbone", "repadapter": "backbone", "side-tuning": "none", "ssf": "backbone",
+    "vera": "backbone", "visual-prompting": "backbone", "vpt-deep": "backbone", "vpt-shallow": "backbone",
+}
+FIGURES = ("train_vs_full", "memory_vs_full", "inference_vs_plain", "merged_vs_plain")
 
 
-def _model():
-    import timm
-    import torch
+# --- worker side -------------------------------------------------------------------------------
 
-    torch.manual_seed(0)
-    return timm.create_model(BACKBONE, pretrained=False, num_classes=CLASSES)
-
-
-def _peer_model(spec: str):
-    import peft
-
-    config = eval(spec, {n: getattr(peft, n) for n in ("LoraConfig", "VeraConfig", "IA3Config")})
-    model = peft.get_peft_model(_model(), config)
-    for name, param in model.named_parameters():
-        if name.startswith("base_model.model.head."):
-            param.requires_grad_(True)
-    return model
+def _reset_peak() -> None:
+    """Set the resident-set high-water mark to the current resident set (Linux >= 4.0)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass  # the mark then covers the whole process
 
 
-def _adapt(model, method: str, kwargs: dict, batch: tuple) -> None:
-    """Apply a method; one that chooses what to tune from data is prepared on the timed batch."""
-    import reference_impls as ri
-
-    if ri.get_spec(method).needs_data:
-        ri.prepare(model, method, [batch], **kwargs)
-    else:
-        ri.apply(model, method, **kwargs)
-
-
-def _time(function, steps: int) -> float:
-    function()  # warm-up
-    times = []
-    for _ in range(steps):
-        started = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+def _peak_mb() -> float:
+    """The resident-set high-water mark of this process, in MiB."""
+    try:
+        status = Path("/proc/self/status").read_text()
+        return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024
+    except (OSError, AttributeError):
+        scale = 2**20 if sys.platform == "darwin" else 2**10  # bytes on macOS, KiB on Linux
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
 
 
-def measure(kind: str, method: str, kwargs: dict, steps: int) -> dict:
-    """One measurement, run inside a fresh subprocess (see `main`)."""
-    import torch
+def _worker(connection: Connection, role: str, method: str, settings: dict) -> None:
+    """Hold one model and time what the parent asks for, one command at a time.
 
-    sys.path.insert(0, str(REPO))
-    import reference_impls as ri
+    Args:
+        connection: Receives "train", "infer" or "stop"; answers {"seconds", "peak_mb"}.
+        role: "baseline" (plain backbone: trains as full fine-tuning, infers as the plain model),
+            "method" (the method applied, unmerged) or "merged" (applied, then merged and unloaded).
+        method: The method's registered name (ignored by the baseline).
+        settings: model, model_kwargs, batch_size and threads.
+    """
+    try:
+        import timm
+        import torch
 
-    images = torch.randn(BATCH, 3, IMAGE, IMAGE, generator=torch.Generator().manual_seed(1))
-    labels = torch.randint(0, CLASSES, (BATCH,), generator=torch.Generator().manual_seed(2))
-    result: dict = {}
-    if kind == "plain-inference":
-        model = _model().eval()
-        with torch.no_grad():
-            result["seconds"] = _time(lambda: model(images), steps)
-    elif kind in ("train", "peer-train"):
-        if kind == "peer-train":
-            model = _peer_model(PEER_CASES[method][1])
+        import reference_impls as ri
+
+        torch.set_num_threads(settings["threads"])
+        torch.manual_seed(0)
+        model = timm.create_model(settings["model"], pretrained=False, num_classes=CLASSES,
+                                  **settings["model_kwargs"])
+        size = tuple(model.patch_embed.img_size)
+        images = torch.randn(settings["batch_size"], 3, *size, generator=torch.Generator().manual_seed(1))
+        labels = torch.randint(0, CLASSES, (settings["batch_size"],), generator=torch.Generator().manual_seed(2))
+        name = "full-finetuning" if role == "baseline" else method
+        if ri.get_spec(name).needs_data:
+            ri.prepare(model, name, [(images, labels)])  # chooses what to tune from the timed batch
         else:
-            model = _model()
-            _adapt(model, method, kwargs, (images, labels))
-        model.train()
+            ri.apply(model, name)
+        if role == "merged":
+            ri.merge(model, unload=True)
         params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=1e-4)
+        optimizer = torch.optim.AdamW(params, lr=1e-4) if role != "merged" else None
+        connection.send({"trainable": sum(p.numel() for p in params), "image_size": size[0]})
 
-        def step() -> None:
+        def train() -> None:
+            model.train()
             optimizer.zero_grad(set_to_none=True)
             torch.nn.functional.cross_entropy(model(images), labels).backward()
             optimizer.step()
 
-        result["seconds"] = _time(step, steps)
-        result["trainable"] = sum(p.numel() for p in params)
-    elif kind == "inference":
-        model = _model()
-        _adapt(model, method, kwargs, (images, labels))
-        model.eval()
-        with torch.no_grad():
-            result["seconds"] = _time(lambda: model(images), steps)
-            if ri.get_spec(method).mergeable:
-                ri.merge(model, unload=True)
-                result["merged_seconds"] = _time(lambda: model(images), steps)
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return result
+        def infer() -> None:
+            model.eval()
+            with torch.no_grad():
+                model(images)
+
+        while (command := connection.recv()) != "stop":
+            _reset_peak()
+            started = time.perf_counter()
+            {"train": train, "infer": infer}[command]()
+            connection.send({"seconds": time.perf_counter() - started, "peak_mb": _peak_mb()})
+    except Exception:  # reported to the parent, which names the method
+        connection.send({"error": traceback.format_exc()})
 
 
-def run(kind: str, method: str, kwargs: dict, steps: int) -> dict:
-    """Run `measure` in a subprocess and return its result."""
-    command = [sys.executable, __file__, "--child", json.dumps([kind, method, kwargs, steps])]
-    output = subprocess.run(command, capture_output=True, text=True, check=True, cwd=REPO).stdout
-    return json.loads(output.strip().splitlines()[-1])
+class Worker:
+    """A forked worker process holding one model (see `_worker`)."""
+
+    def __init__(self, context: multiprocessing.context.BaseContext, role: str, method: str, settings: dict):
+        self.label = f"{method} ({role})" if role != "baseline" else "baseline"
+        self.connection, child = context.Pipe()
+        self.process = context.Process(target=_worker, args=(child, role, method, settings), daemon=True)
+        self.process.start()
+        child.close()
+        self.info = self._receive()
+
+    def run(self, command: str) -> dict:
+        """Run "train" or "infer" once; returns seconds and peak MiB."""
+        self.connection.send(command)
+        return self._receive()
+
+    def _receive(self) -> dict:
+        try:
+            answer = self.connection.recv()
+        except EOFError:
+            self.process.join()
+            raise RuntimeError(f"{self.label}: worker died (exit code {self.process.exitcode})") from None
+        if "error" in answer:
+            raise RuntimeError(f"{self.label}: {answer['error']}")
+        return answer
+
+    def stop(self) -> None:
+        """End the process and free its memory (also after the worker failed)."""
+        try:
+            self.connection.send("stop")
+        except OSError:
+            pass  # already gone
+        self.process.join(timeout=30)
+        if self.process.is_alive():
+            self.process.kill()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=3, help="timed steps per measurement")
-    parser.add_argument("--methods", nargs="*", help="only these methods (default: all)")
-    parser.add_argument("--child", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.child:
-        kind, method, kwargs, steps = json.loads(args.child)
-        print(json.dumps(measure(kind, method, kwargs, steps)))
-        return
+# --- statistics and checks ---------------------------------------------------------------------
 
-    sys.path.insert(0, str(REPO))
+def summary(values: list[float]) -> dict:
+    """Median and interquartile range of per-round values (at least two)."""
+    p25, median, p75 = statistics.quantiles(values, n=4, method="inclusive")
+    return {"median": round(median, 4), "p25": round(p25, 4), "p75": round(p75, 4)}
+
+
+def ratios(numerators: list[float], denominators: list[float]) -> list[float]:
+    """Per-round ratios of two interleaved series."""
+    return [a / b for a, b in zip(numerators, denominators, strict=True)]
+
+
+def _show(figure: dict) -> str:
+    return f"{figure['median']:.2f}x (IQR {figure['p25']:.2f}-{figure['p75']:.2f})"
+
+
+def check(rows: list[dict], tolerance: float) -> list[str]:
+    """Figures that contradict what a method does (the rules of the module docstring).
+
+    Args:
+        rows: Per method: "method" and the summaries of `FIGURES` ("merged_vs_plain" None when
+            not mergeable).
+        tolerance: Ratios within this distance of 1.00 count as equal.
+
+    Returns:
+        One message per violation, naming the method and its figures; empty when all hold.
+    """
+    failures = []
+    for row in rows:
+        unmerged, merged = row["inference_vs_plain"], row["merged_vs_plain"]
+        if FORWARD[row["method"]] == "adds" and unmerged["p75"] < 1 - tolerance:
+            failures.append(f"{row['method']}: unmerged inference {_show(unmerged)} the plain backbone, "
+                            f"but it adds to the forward pass (rule: 75th percentile >= {1 - tolerance:.2f})")
+        if merged is not None and not merged["p25"] - tolerance <= 1 <= merged["p75"] + tolerance:
+            failures.append(f"{row['method']}: merged inference {_show(merged)} the plain backbone, "
+                            f"but merged it is the plain backbone (rule: IQR +/- {tolerance:.2f} holds 1.00)")
+    through = [r for r in rows if GRADIENT[r["method"]] == "backbone"]
+    outside = [r for r in rows if GRADIENT[r["method"]] == "none"]
+    for slow in through:
+        for fast in outside:
+            if slow["train_vs_full"]["p75"] < fast["train_vs_full"]["p25"] - tolerance:
+                failures.append(
+                    f"{slow['method']}: train step {_show(slow['train_vs_full'])} full fine-tuning, cheaper "
+                    f"than {fast['method']} at {_show(fast['train_vs_full'])}, though its gradient flows "
+                    f"through the backbone and {fast['method']}'s does not (rule: 75th percentile of the "
+                    f"first >= 25th percentile of the second - {tolerance:.2f})")
+    return failures
+
+
+# --- the run -----------------------------------------------------------------------------------
+
+def measure(context: multiprocessing.context.BaseContext, baseline: Worker, method: str, settings: dict,
+            rounds: int, warmup: int) -> dict:
+    """Interleaved rounds of one method against the baseline; the method's row of the output."""
     import reference_impls as ri
+
+    mergeable = ri.get_spec(method).mergeable
+    unmerged = Worker(context, "method", method, settings)
+    merged = None
+    try:
+        merged = Worker(context, "merged", method, settings) if mergeable else None
+        sequence = [("full_train", baseline, "train"), ("train", unmerged, "train"),
+                    ("plain_inference", baseline, "infer"), ("inference", unmerged, "infer")]
+        if merged:
+            sequence.append(("merged_inference", merged, "infer"))
+        for _ in range(warmup):
+            for _, worker, command in sequence:
+                if worker is not baseline:  # the baseline was warmed up once, at the start
+                    worker.run(command)
+        raw: dict[str, list[float]] = {}
+        for index in range(rounds):
+            # Every other round runs backwards, so that no side always goes first: a steady drift
+            # of the machine's speed cancels over an even number of rounds.
+            for key, worker, command in sequence if index % 2 == 0 else sequence[::-1]:
+                result = worker.run(command)
+                raw.setdefault(f"{key}_s", []).append(round(result["seconds"], 4))
+                if command == "train":
+                    raw.setdefault("full_peak_mb" if worker is baseline else "peak_mb", []).append(
+                        round(result["peak_mb"], 1))
+    finally:
+        for worker in (unmerged, merged):
+            if worker:
+                worker.stop()
+    return {
+        "method": method,
+        "forward": FORWARD[method],
+        "gradient": GRADIENT[method],
+        "mergeable": mergeable,
+        "trainable": unmerged.info["trainable"],
+        "train_vs_full": summary(ratios(raw["train_s"], raw["full_train_s"])),
+        "memory_vs_full": summary(ratios(raw["peak_mb"], raw["full_peak_mb"])),
+        "inference_vs_plain": summary(ratios(raw["inference_s"], raw["plain_inference_s"])),
+        "merged_vs_plain": summary(ratios(raw["merged_inference_s"], raw["plain_inference_s"])) if merged else None,
+        "rounds": raw,
+    }
+
+
+def _cpu() -> str:
+    try:
+        return re.search(r"model name\s*:\s*(.+)", Path("/proc/cpuinfo").read_text()).group(1).strip()
+    except (OSError, AttributeError):
+        return platform.processor() or platform.machine()
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _git(*args: str) -> str:
+    return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True).stdout.strip()
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options (see the module docstring)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="vit_base_patch16_224", help="timm model name")
+    parser.add_argument("--model-kwargs", type=json.loads, default={},
+                        help='JSON object passed to timm.create_model, e.g. \'{"img_size": 32}\'')
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=4,
+                        help="timed rounds per method (at least 2; an even number balances the order)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds of each new worker")
+    parser.add_argument("--threads", type=int, default=_cores(),
+                        help="torch threads per worker (default: the usable cores)")
+    parser.add_argument("--tolerance", type=float, default=0.05, help="ratios this close to 1.00 count as equal")
+    parser.add_argument("--methods", nargs="+", help="only these methods (default: every registered one)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="the JSON document to write")
+    args = parser.parse_args(argv)
+    if args.rounds < 2:
+        parser.error("--rounds must be at least 2 (a spread needs two rounds)")
+    return args
+
+
+def run(args: argparse.Namespace, methods: list[str], command: str) -> dict:
+    """Measure every method against the baseline; the output document (not yet checked)."""
     import timm
     import torch
 
-    names = args.methods or ri.list_methods()
+    settings = {"model": args.model, "model_kwargs": args.model_kwargs, "batch_size": args.batch_size,
+                "threads": args.threads}
     started = time.time()
-    plain = run("plain-inference", "", {}, args.steps)
-    full = run("train", "full-finetuning", {}, args.steps)
+    # Fork before any tensor operation: children start in milliseconds, without a second import.
+    context = multiprocessing.get_context("fork")
+    baseline = Worker(context, "baseline", "full-finetuning", settings)
     rows = []
-    for name in names:
-        print(f"measuring {name} ...", file=sys.stderr, flush=True)
-        train = run("train", name, {}, args.steps)
-        inference = run("inference", name, {}, args.steps)
-        row = {
-            "method": name,
-            "trainable": train["trainable"],
-            "train_step_s": train["seconds"],
-            "train_vs_full": train["seconds"] / full["seconds"],
-            "peak_rss_mb": train["peak_rss_mb"],
-            "memory_vs_full": train["peak_rss_mb"] / full["peak_rss_mb"],
-            "inference_s": inference["seconds"],
-            "inference_vs_plain": inference["seconds"] / plain["seconds"],
-        }
-        if "merged_seconds" in inference:
-            row["merged_inference_s"] = inference["merged_seconds"]
-            row["merged_vs_plain"] = inference["merged_seconds"] / plain["seconds"]
-        if name in PEER_CASES:
-            ours = run("train", name, PEER_CASES[name][0], args.steps)
-            peer = run("peer-train", name, {}, args.steps)
-            row["peer"] = {"config": PEER_CASES[name][1], "ours_s": ours["seconds"],
-                           "peer_s": peer["seconds"], "ours_vs_peer": ours["seconds"] / peer["seconds"],
-                           "ours_trainable": ours["trainable"], "peer_trainable": peer["trainable"]}
-        rows.append(row)
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-    document = {
-        "setup": {"backbone": BACKBONE, "batch": BATCH, "image": IMAGE, "classes": CLASSES,
-                  "steps": args.steps, "statistic": "median after one warm-up step",
-                  "threads": torch.get_num_threads(), "machine": platform.machine(),
-                  "processor": platform.processor() or platform.machine(),
-                  "torch": torch.__version__, "timm": timm.__version__, "git_commit": commit,
-                  "wall_time_s": round(time.time() - started, 1)},
-        "plain_inference_s": plain["seconds"],
-        "full_finetuning": {"train_step_s": full["seconds"], "peak_rss_mb": full["peak_rss_mb"]},
-        "rows": rows,
+    try:
+        for _ in range(args.warmup):
+            baseline.run("train")
+            baseline.run("infer")
+        for method in methods:
+            row = measure(context, baseline, method, settings, args.rounds, args.warmup)
+            rows.append(row)
+            print(f"{method:18} train {_show(row['train_vs_full'])}  memory {_show(row['memory_vs_full'])}  "
+                  f"inference {_show(row['inference_vs_plain'])}"
+                  + (f"  merged {_show(row['merged_vs_plain'])}" if row["merged_vs_plain"] else "")
+                  + f"  [{time.time() - started:.0f} s]", file=sys.stderr, flush=True)
+    finally:
+        baseline.stop()
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "command": command,
+        "conditions": {
+            "model": args.model, "model_kwargs": args.model_kwargs, "image_size": baseline.info["image_size"],
+            "batch_size": args.batch_size, "classes": CLASSES, "threads": args.threads,
+            "rounds": args.rounds, "warmup": args.warmup, "tolerance": args.tolerance,
+            "cpu": _cpu(), "cores": os.cpu_count(), "python": platform.python_version(),
+            "torch": torch.__version__, "timm": timm.__version__,
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "git_commit": _git("rev-parse", "HEAD"), "git_dirty": bool(_git("status", "--porcelain")),
+            "wall_time_s": round(time.time() - started, 1),
+        },
+        # The baselines over the whole run, for scale; every ratio uses its own rounds.
+        "baseline": {key: summary([value for row in rows for value in row["rounds"][raw]])
+                     for key, raw in (("train_s", "full_train_s"), ("peak_mb", "full_peak_mb"),
+                                      ("inference_s", "plain_inference_s"))},
+        "methods": rows,
     }
-    OUTPUT.parent.mkdir(parents=True, exist_ok=True)
-    OUTPUT.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    print(f"wrote {OUTPUT}", file=sys.stderr)
+
+
+def publish(document: dict, out: Path) -> int:
+    """Write the document if it passes `check`; otherwise keep it aside and say why.
+
+    Returns:
+        The exit code: 0 written, 1 rejected (`out` untouched).
+    """
+    text = json.dumps(document, indent=2) + "\n"
+    failures = check(document["methods"], document["conditions"]["tolerance"])
+    if failures:
+        with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="efficiency-rejected-", delete=False) as kept:
+            kept.write(text)
+        print(f"sanity checks failed, nothing written to {out}:", file=sys.stderr)
+        for failure in failures:
+            print(f"  {failure}", file=sys.stderr)
+        print(f"the rejected measurement is in {kept.name}", file=sys.stderr)
+        return 1
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text, encoding="utf-8")
+    print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Measure, check and write; returns the exit code (2: bad arguments or unclassified methods)."""
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    import reference_impls as ri
+
+    registered = ri.list_methods()
+    unclassified = [name for name in registered if name not in FORWARD or name not in GRADIENT]
+    if unclassified:
+        print(f"classify in FORWARD and GRADIENT first: {', '.join(unclassified)}", file=sys.stderr)
+        return 2
+    unknown = sorted(set(args.methods or ()) - set(registered))
+    if unknown:
+        print(f"not registered: {', '.join(unknown)}", file=sys.stderr)
+        return 2
+    command = shlex.join(["python", "benchmarks/efficiency.py", *argv])
+    return publish(run(args, args.methods or registered, command), args.out)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -91,7 +91,7 @@ def _committed_cheap_runs() -> list[Path]:
 @pytest.mark.parametrize("path", _committed_cheap_runs() or [None], ids=lambda p: p.name if p else "none-committed")
 def test_committed_runs_rerun_exactly(path: Path | None, cli_run: tuple[Path, MeasuredRun]) -> None:
     """Re-run each committed measured run that declares `cheap_to_reproduce: true`; while there
-    is none, re-run a tiny run written by `peft-atlas bench` in this session."""
+    is none, re-run a tiny run written by `peft-atlas bench` during this test run."""
     if path is None:
         path, run = cli_run
     else:

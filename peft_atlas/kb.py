@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import fmean
@@ -132,17 +133,32 @@ def scan_impl_names(root: Path) -> tuple[dict[str, str], set[str]]:
 PARAM_COUNTS = "reference_impls/param_counts.json"
 
 
-def read_preset_names(root: Path) -> tuple[dict[str, list[str]] | None, list[Problem]]:
+# A preset's source starts with the bib key of the paper whose configuration it is.
+_LEADING_BIB_KEY = re.compile(r"[A-Za-z][\w-]*\d{4}[\w-]*")
+
+
+def read_preset_names(root: Path, bib_keys: Iterable[str]) -> tuple[dict[str, list[str]] | None, list[Problem]]:
     """Preset names of every implementation, from the counts file ``python -m
-    reference_impls.param_counts`` writes (the docs toolchain cannot import the presets)."""
+    reference_impls.param_counts`` writes (the docs toolchain cannot import the presets), and a
+    problem for every preset whose source does not start with a known bib key."""
     path = root / PARAM_COUNTS
     if not path.is_file():
         return None, []
     try:
         presets = json.loads(path.read_text(encoding="utf-8")).get("presets", {})
-        return {impl: list(names) for impl, names in presets.items()}, []
+        sources = {(impl, name): str(entry.get("source", "")) for impl, named in presets.items()
+                   for name, entry in named.items()}
     except (OSError, UnicodeDecodeError, ValueError, AttributeError) as error:
         return None, [Problem(PARAM_COUNTS, 0, "presets", f"cannot read the presets: {error}")]
+    known = set(bib_keys)
+    problems = []
+    for (impl, name), source in sorted(sources.items()):
+        key = _LEADING_BIB_KEY.match(source)
+        if key is None or key.group() not in known:
+            problems.append(Problem(PARAM_COUNTS, 0, f"presets.{impl}.{name}.source",
+                                    f"must start with the bib key of the paper the configuration comes from "
+                                    f"(a file in bib/), got {source!r}"))
+    return {impl: list(named) for impl, named in presets.items()}, problems
 
 
 def load(root: Path | str, check_math: bool = True) -> tuple[KnowledgeBase, list[Problem]]:
@@ -196,7 +212,7 @@ def load(root: Path | str, check_math: bool = True) -> tuple[KnowledgeBase, list
     kb.bib = dict(sorted(kb.bib.items()))
 
     kb.impls, kb.data_driven_impls = scan_impl_names(root)
-    kb.presets, found = read_preset_names(root)
+    kb.presets, found = read_preset_names(root, kb.bib)
     problems.extend(found)
 
     method_docs: dict[str, LocatedYaml] = {}

@@ -157,9 +157,9 @@ def test_card_lists_the_presets_and_uses_one(mini_kb):
     edit(mini_kb, "taxonomy/reported/vtab-1k/hu2022lora.yaml", "    params_m: 0.29\n",
          "    params_m: 0.29\n    preset: vtab-1k\n")
     presets = {
-        "vtab-1k": {"options": "r=8, targets=('qkv',)", "source": "zhang2022neural: experiments/LoRA/x.yaml",
+        "vtab-1k": {"options": "r=8, targets=('qkv',)", "source": "hu2022lora: experiments/LoRA/x.yaml",
                     "note": "Same count as q and v apart.", "method": 294912, "head": 76900, "trainable": 371812},
-        "vtab-1k/dtd": {"options": "r=4", "source": "a config file", "note": "", "method": 147456, "head": 76900,
+        "vtab-1k/dtd": {"options": "r=4", "source": "hu2022lora: a config file", "note": "", "method": 147456, "head": 76900,
                         "trainable": 224356},
     }
     write(mini_kb, "reference_impls/param_counts.json", json.dumps({"methods": {"lora": []}, "presets": {"lora": presets}}))
@@ -170,8 +170,8 @@ def test_card_lists_the_presets_and_uses_one(mini_kb):
     assert 'ri.apply(model, "lora", preset="vtab-1k")' in snippet
     table = card.split("## Presets", 1)[1].split("\n## ", 1)[0]
     assert ("| <code>vtab-1k</code> | <code>r=8, targets=(&#39;qkv&#39;,)</code> | 294,912 | "
-            "zhang2022neural: experiments/LoRA/x.yaml — Same count as q and v apart. |") in table
-    assert "| <code>vtab-1k/dtd</code> | <code>r=4</code> | 147,456 | a config file |" in table
+            "hu2022lora: experiments/LoRA/x.yaml — Same count as q and v apart. |") in table
+    assert "| <code>vtab-1k/dtd</code> | <code>r=4</code> | 147,456 | hu2022lora: a config file |" in table
     assert "| 0.29 (`vtab-1k`) |" in card.split("## Reported results", 1)[1]
     # without presets: no table, and the snippet applies the defaults
     plain = render_pages(kb)["methods/lora.md"]

@@ -186,7 +186,7 @@ def with_implementation(root: Path, presets: list[str]) -> None:
     (root / "reference_impls").mkdir()
     write(root, "reference_impls/lora.py", 'register("lora", LoRAConfig, apply_lora, mergeable=True)\n')
     edit(root, LORA, "mergeable: true", "mergeable: true\nimpl: lora")
-    entry = {"options": "r=8", "source": "s", "note": "", "method": 294912, "head": 76900, "trainable": 371812}
+    entry = {"options": "r=8", "source": "hu2022lora: r 8 on q and v", "note": "", "method": 294912, "head": 76900, "trainable": 371812}
     write(root, "reference_impls/param_counts.json",
           json.dumps({"methods": {"lora": []}, "presets": {"lora": {name: entry for name in presets}}}))
 
@@ -227,6 +227,20 @@ def test_a_parameter_count_names_its_preset_or_says_why_not(mini_kb):
     write(mini_kb, RESULTS, results_yaml() + "    preset: Vtab 1k\n")
     assert problems_of(mini_kb) == [f"{RESULTS}:11: rows.0.preset: expected a preset name like 'vtab-1k', "
                                     "'vtab-1k/dtd' or 'vtab-1k-tk/*' (got 'Vtab 1k', str)"]
+
+
+def test_a_preset_source_starts_with_a_known_bib_key(mini_kb):
+    import json
+
+    with_implementation(mini_kb, ["vtab-1k"])
+    counts = mini_kb / "reference_impls/param_counts.json"
+    document = json.loads(counts.read_text())
+    document["presets"]["lora"]["vtab-1k"]["source"] = "the official repository, configs/lora.yaml"
+    counts.write_text(json.dumps(document))
+    write(mini_kb, RESULTS, results_yaml() + "    preset: vtab-1k\n")
+    assert problems_of(mini_kb) == [
+        "reference_impls/param_counts.json: presets.lora.vtab-1k.source: must start with the bib key of the paper "
+        "the configuration comes from (a file in bib/), got 'the official repository, configs/lora.yaml'"]
 
 
 def test_a_preset_of_a_method_without_implementation_is_a_problem(mini_kb):

@@ -8,32 +8,39 @@ For each registered method (default configuration) on a timm ViT (default `vit_b
 - inference of the unmerged method relative to the plain backbone;
 - for mergeable methods, inference after `merge(unload=True)` relative to the plain backbone.
 
-How. Every model lives in its own worker process, forked from this one before any tensor
-operation runs, and the workers take turns: only one computes at a time. A persistent baseline
-worker holds the plain backbone; it trains as full fine-tuning and infers as the plain backbone.
-Each method gets a worker of its own and, if mergeable, one more for its merged model. After
-`--warmup` untimed turns of each new worker, every round runs, back to back: baseline train step,
-method train step, baseline inference, unmerged inference, merged inference; every other round
-runs in the reverse order, so that no side always goes first. Each round gives one ratio per
-figure, from two measurements taken seconds apart, so load that changes slowly on the machine
-cancels out. The run reports, per figure, the median of the per-round ratios and their
+How. Each method is timed in a process of its own, forked from this one, which holds every model
+of the comparison: the plain backbone (trained as full fine-tuning, inferred as the plain model),
+the method applied and, if mergeable, a second copy merged and unloaded. All start from the same
+weights and the same batch. After `--warmup` untimed rounds, every round runs, back to back: full
+fine-tuning step, method step, plain inference, unmerged inference, merged inference; every other
+round runs in the reverse order, so that no operation always goes first. Each round gives one
+ratio per figure, from two measurements taken seconds apart, so load that changes slowly on the
+machine cancels out. The run reports, per figure, the median of the per-round ratios and their
 interquartile range (25th and 75th percentiles, "inclusive" method of `statistics.quantiles`),
-and keeps every raw time. The default of 4 rounds balances the two orders and keeps a run of
-all 24 methods on ViT-B/16 within about 40 minutes on 2 cores.
+and keeps every raw time. Timing both sides in one process matters: separate processes timed in
+turn (an earlier version of this script) differed by up to 10 % on the same computation, more
+than the differences the checks look for.
 
-Peak memory: a worker holds one model only, so its resident set is that measurement's. Before
-each timed train step the worker resets its resident-set high-water mark (Linux
-`/proc/self/clear_refs`, value 5) and reads it (`VmHWM`) after the step. Both sides carry the
-same Python and torch runtime, so the ratio is one of whole processes, not of tensors alone.
-Where the reset is unavailable, the mark covers the worker's whole life (warm-up included).
+The control. `full-finetuning` is always measured first, against a second identical model: the
+same computation on both sides, so its spread is the noise of the measurement. A run whose
+control does not hold 1.00 within the tolerance is rejected as too noisy to judge anything.
+
+Peak memory: a process holding one model only, its resident set is that measurement's. It runs
+one train step (which allocates gradients and optimizer state), resets its resident-set
+high-water mark (Linux `/proc/self/clear_refs`, value 5) and reads it (`VmHWM`) after a second
+step. Both sides carry the same Python and torch runtime, so the ratio is one of whole processes,
+not of tensors alone. Memory does not depend on load, so the baseline is measured three times
+(at the start, in the middle and at the end of the run) and each method's ratio is given against
+each of them: the spread shows how repeatable the measurement is. Where the reset is unavailable,
+the mark covers the process's whole life.
 
 Checks. The run fails (exit code 1, no output file, each failing method and its figures named on
 stderr, the rejected document kept in a temporary file) when a figure contradicts what the
 method does. `t` is `--tolerance` (default 0.05): ratios within 5 % of 1.00 count as equal, a
-margin for the difference between two processes running the same code (the `full-finetuning`
-row, full fine-tuning measured against itself, shows it), so that only figures that cannot be
-right fail the run.
+margin the control must stay within, so that only figures that cannot be right fail the run.
 
+0. The control (see above): fails when the interquartile range of its train or inference
+   ratios, widened by t on each side, does not hold 1.00.
 1. A method that adds tokens, branches or operations to the forward pass (`FORWARD[m] ==
    "adds"`) cannot run faster than the plain backbone unmerged: fails when the 75th percentile
    of its inference ratios is below 1 - t.
@@ -66,8 +73,7 @@ import subprocess
 import sys
 import tempfile
 import time
-import traceback
-from multiprocessing.connection import Connection
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -96,10 +102,13 @@ GRADIENT = {
     "prefix-tuning": "backbone", "repadapter": "backbone", "side-tuning": "none", "ssf": "backbone",
     "vera": "backbone", "visual-prompting": "backbone", "vpt-deep": "backbone", "vpt-shallow": "backbone",
 }
+# Full fine-tuning measured against a second, identical model: the same computation on both
+# sides, so its ratios show the noise of the measurement itself. Every run measures it first.
+CONTROL = "full-finetuning"
 FIGURES = ("train_vs_full", "memory_vs_full", "inference_vs_plain", "merged_vs_plain")
 
 
-# --- worker side -------------------------------------------------------------------------------
+# --- measurements, each in a fresh process --------------------------------------------------------
 
 def _reset_peak() -> None:
     """Set the resident-set high-water mark to the current resident set (Linux >= 4.0)."""
@@ -119,95 +128,100 @@ def _peak_mb() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
 
 
-def _worker(connection: Connection, role: str, method: str, settings: dict) -> None:
-    """Hold one model and time what the parent asks for, one command at a time.
+class Subject:
+    """One model with its batch and optimizer, and the two operations that are timed.
 
     Args:
-        connection: Receives "train", "infer" or "stop"; answers {"seconds", "peak_mb"}.
-        role: "baseline" (plain backbone: trains as full fine-tuning, infers as the plain model),
-            "method" (the method applied, unmerged) or "merged" (applied, then merged and unloaded).
-        method: The method's registered name (ignored by the baseline).
+        name: The registered method applied to the backbone ("full-finetuning" for the baseline).
         settings: model, model_kwargs, batch_size and threads.
+        merged: Merge the method and unload its wrappers (the plain architecture again).
     """
-    try:
+
+    def __init__(self, name: str, settings: dict, merged: bool = False):
         import timm
         import torch
 
         import reference_impls as ri
 
-        torch.set_num_threads(settings["threads"])
-        torch.manual_seed(0)
-        model = timm.create_model(settings["model"], pretrained=False, num_classes=CLASSES,
-                                  **settings["model_kwargs"])
-        size = tuple(model.patch_embed.img_size)
-        images = torch.randn(settings["batch_size"], 3, *size, generator=torch.Generator().manual_seed(1))
-        labels = torch.randint(0, CLASSES, (settings["batch_size"],), generator=torch.Generator().manual_seed(2))
-        name = "full-finetuning" if role == "baseline" else method
+        self.torch = torch
+        torch.manual_seed(0)  # every model of a run starts from the same weights
+        self.model = timm.create_model(settings["model"], pretrained=False, num_classes=CLASSES,
+                                       **settings["model_kwargs"])
+        self.image_size = tuple(self.model.patch_embed.img_size)[0]
+        self.images = torch.randn(settings["batch_size"], 3, self.image_size, self.image_size,
+                                  generator=torch.Generator().manual_seed(1))
+        self.labels = torch.randint(0, CLASSES, (settings["batch_size"],), generator=torch.Generator().manual_seed(2))
         if ri.get_spec(name).needs_data:
-            ri.prepare(model, name, [(images, labels)])  # chooses what to tune from the timed batch
+            ri.prepare(self.model, name, [(self.images, self.labels)])  # chooses what to tune from the batch
         else:
-            ri.apply(model, name)
-        if role == "merged":
-            ri.merge(model, unload=True)
-        params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=1e-4) if role != "merged" else None
-        connection.send({"trainable": sum(p.numel() for p in params), "image_size": size[0]})
+            ri.apply(self.model, name)
+        if merged:
+            ri.merge(self.model, unload=True)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.trainable = sum(p.numel() for p in params)
+        self.optimizer = None if merged else torch.optim.AdamW(params, lr=1e-4)
 
-        def train() -> None:
-            model.train()
-            optimizer.zero_grad(set_to_none=True)
-            torch.nn.functional.cross_entropy(model(images), labels).backward()
-            optimizer.step()
+    def train(self) -> None:
+        """One step: forward, cross-entropy, backward, AdamW."""
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.torch.nn.functional.cross_entropy(self.model(self.images), self.labels).backward()
+        self.optimizer.step()
 
-        def infer() -> None:
-            model.eval()
-            with torch.no_grad():
-                model(images)
+    def infer(self) -> None:
+        """One forward pass of the batch without gradients."""
+        self.model.eval()
+        with self.torch.no_grad():
+            self.model(self.images)
 
-        while (command := connection.recv()) != "stop":
-            _reset_peak()
+
+def time_method(method: str, settings: dict, rounds: int, warmup: int) -> dict:
+    """Interleaved rounds of one method against its baselines, all models in this process.
+
+    Returns:
+        trainable, image_size and the per-round seconds of every timed operation.
+    """
+    import torch
+
+    import reference_impls as ri
+
+    torch.set_num_threads(settings["threads"])
+    baseline = Subject("full-finetuning", settings)  # trains as full fine-tuning, infers as the plain model
+    subject = Subject(method, settings)
+    sequence = [("full_train", baseline.train), ("train", subject.train),
+                ("plain_inference", baseline.infer), ("inference", subject.infer)]
+    if ri.get_spec(method).mergeable:
+        sequence.append(("merged_inference", Subject(method, settings, merged=True).infer))
+    for _ in range(warmup):
+        for _, operation in sequence:
+            operation()
+    raw: dict[str, list[float]] = {}
+    for index in range(rounds):
+        # Every other round runs backwards, so that no operation always goes first: a steady
+        # drift of the machine's speed cancels over an even number of rounds.
+        for key, operation in sequence if index % 2 == 0 else sequence[::-1]:
             started = time.perf_counter()
-            {"train": train, "infer": infer}[command]()
-            connection.send({"seconds": time.perf_counter() - started, "peak_mb": _peak_mb()})
-    except Exception:  # reported to the parent, which names the method
-        connection.send({"error": traceback.format_exc()})
+            operation()
+            raw.setdefault(f"{key}_s", []).append(round(time.perf_counter() - started, 4))
+    return {"trainable": subject.trainable, "image_size": subject.image_size, "rounds": raw}
 
 
-class Worker:
-    """A forked worker process holding one model (see `_worker`)."""
+def peak_memory(name: str, settings: dict) -> float:
+    """Peak resident set (MiB) of a train step of `name` in a process that holds that model alone."""
+    import torch
 
-    def __init__(self, context: multiprocessing.context.BaseContext, role: str, method: str, settings: dict):
-        self.label = f"{method} ({role})" if role != "baseline" else "baseline"
-        self.connection, child = context.Pipe()
-        self.process = context.Process(target=_worker, args=(child, role, method, settings), daemon=True)
-        self.process.start()
-        child.close()
-        self.info = self._receive()
+    torch.set_num_threads(settings["threads"])
+    subject = Subject(name, settings)
+    subject.train()  # the first step allocates the gradients and the optimizer state
+    _reset_peak()
+    subject.train()
+    return round(_peak_mb(), 1)
 
-    def run(self, command: str) -> dict:
-        """Run "train" or "infer" once; returns seconds and peak MiB."""
-        self.connection.send(command)
-        return self._receive()
 
-    def _receive(self) -> dict:
-        try:
-            answer = self.connection.recv()
-        except EOFError:
-            self.process.join()
-            raise RuntimeError(f"{self.label}: worker died (exit code {self.process.exitcode})") from None
-        if "error" in answer:
-            raise RuntimeError(f"{self.label}: {answer['error']}")
-        return answer
-
-    def stop(self) -> None:
-        """End the process and free its memory (also after the worker failed)."""
-        try:
-            self.connection.send("stop")
-        except OSError:
-            pass  # already gone
-        self.process.join(timeout=30)
-        if self.process.is_alive():
-            self.process.kill()
+def in_fresh_process(context: multiprocessing.context.BaseContext, function, *args):
+    """Run `function(*args)` in a new forked process and return its result (errors re-raised)."""
+    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:  # one task, then it exits
+        return pool.submit(function, *args).result()
 
 
 # --- statistics and checks ---------------------------------------------------------------------
@@ -227,6 +241,11 @@ def _show(figure: dict) -> str:
     return f"{figure['median']:.2f}x (IQR {figure['p25']:.2f}-{figure['p75']:.2f})"
 
 
+def _holds_one(figure: dict, tolerance: float) -> bool:
+    """Whether the interquartile range, widened by `tolerance` on each side, holds 1.00."""
+    return figure["p25"] - tolerance <= 1 <= figure["p75"] + tolerance
+
+
 def check(rows: list[dict], tolerance: float) -> list[str]:
     """Figures that contradict what a method does (the rules of the module docstring).
 
@@ -240,11 +259,17 @@ def check(rows: list[dict], tolerance: float) -> list[str]:
     """
     failures = []
     for row in rows:
+        if row["method"] == CONTROL:
+            for key in ("train_vs_full", "inference_vs_plain"):
+                if not _holds_one(row[key], tolerance):
+                    failures.append(f"{CONTROL}: {key} {_show(row[key])} against an identical model: the "
+                                    f"measurement's own noise exceeds the tolerance {tolerance:.2f}; run it on a "
+                                    f"quieter machine (rule 0: IQR +/- {tolerance:.2f} holds 1.00)")
         unmerged, merged = row["inference_vs_plain"], row["merged_vs_plain"]
         if FORWARD[row["method"]] == "adds" and unmerged["p75"] < 1 - tolerance:
             failures.append(f"{row['method']}: unmerged inference {_show(unmerged)} the plain backbone, "
                             f"but it adds to the forward pass (rule: 75th percentile >= {1 - tolerance:.2f})")
-        if merged is not None and not merged["p25"] - tolerance <= 1 <= merged["p75"] + tolerance:
+        if merged is not None and not _holds_one(merged, tolerance):
             failures.append(f"{row['method']}: merged inference {_show(merged)} the plain backbone, "
                             f"but merged it is the plain backbone (rule: IQR +/- {tolerance:.2f} holds 1.00)")
     through = [r for r in rows if GRADIENT[r["method"]] == "backbone"]
@@ -262,48 +287,23 @@ def check(rows: list[dict], tolerance: float) -> list[str]:
 
 # --- the run -----------------------------------------------------------------------------------
 
-def measure(context: multiprocessing.context.BaseContext, baseline: Worker, method: str, settings: dict,
-            rounds: int, warmup: int) -> dict:
-    """Interleaved rounds of one method against the baseline; the method's row of the output."""
+def method_row(method: str, timed: dict, peak_mb: float, baseline_peaks_mb: list[float]) -> dict:
+    """A method's row of the output: its figures from its own rounds, and the raw measurements."""
     import reference_impls as ri
 
-    mergeable = ri.get_spec(method).mergeable
-    unmerged = Worker(context, "method", method, settings)
-    merged = None
-    try:
-        merged = Worker(context, "merged", method, settings) if mergeable else None
-        sequence = [("full_train", baseline, "train"), ("train", unmerged, "train"),
-                    ("plain_inference", baseline, "infer"), ("inference", unmerged, "infer")]
-        if merged:
-            sequence.append(("merged_inference", merged, "infer"))
-        for _ in range(warmup):
-            for _, worker, command in sequence:
-                if worker is not baseline:  # the baseline was warmed up once, at the start
-                    worker.run(command)
-        raw: dict[str, list[float]] = {}
-        for index in range(rounds):
-            # Every other round runs backwards, so that no side always goes first: a steady drift
-            # of the machine's speed cancels over an even number of rounds.
-            for key, worker, command in sequence if index % 2 == 0 else sequence[::-1]:
-                result = worker.run(command)
-                raw.setdefault(f"{key}_s", []).append(round(result["seconds"], 4))
-                if command == "train":
-                    raw.setdefault("full_peak_mb" if worker is baseline else "peak_mb", []).append(
-                        round(result["peak_mb"], 1))
-    finally:
-        for worker in (unmerged, merged):
-            if worker:
-                worker.stop()
+    raw = timed["rounds"]
     return {
         "method": method,
         "forward": FORWARD[method],
         "gradient": GRADIENT[method],
-        "mergeable": mergeable,
-        "trainable": unmerged.info["trainable"],
+        "mergeable": ri.get_spec(method).mergeable,
+        "trainable": timed["trainable"],
         "train_vs_full": summary(ratios(raw["train_s"], raw["full_train_s"])),
-        "memory_vs_full": summary(ratios(raw["peak_mb"], raw["full_peak_mb"])),
+        "memory_vs_full": summary([peak_mb / baseline for baseline in baseline_peaks_mb]),
         "inference_vs_plain": summary(ratios(raw["inference_s"], raw["plain_inference_s"])),
-        "merged_vs_plain": summary(ratios(raw["merged_inference_s"], raw["plain_inference_s"])) if merged else None,
+        "merged_vs_plain": (summary(ratios(raw["merged_inference_s"], raw["plain_inference_s"]))
+                            if "merged_inference_s" in raw else None),
+        "peak_mb": peak_mb,
         "rounds": raw,
     }
 
@@ -345,48 +345,53 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace, methods: list[str], command: str) -> dict:
-    """Measure every method against the baseline; the output document (not yet checked)."""
+    """Measure the control and every method; the output document (not yet checked)."""
     import timm
     import torch
 
     settings = {"model": args.model, "model_kwargs": args.model_kwargs, "batch_size": args.batch_size,
                 "threads": args.threads}
     started = time.time()
+    commit, dirty = _git("rev-parse", "HEAD"), bool(_git("status", "--porcelain"))  # the code that measures
     # Fork before any tensor operation: children start in milliseconds, without a second import.
     context = multiprocessing.get_context("fork")
-    baseline = Worker(context, "baseline", "full-finetuning", settings)
-    rows = []
-    try:
-        for _ in range(args.warmup):
-            baseline.run("train")
-            baseline.run("infer")
-        for method in methods:
-            row = measure(context, baseline, method, settings, args.rounds, args.warmup)
-            rows.append(row)
-            print(f"{method:18} train {_show(row['train_vs_full'])}  memory {_show(row['memory_vs_full'])}  "
-                  f"inference {_show(row['inference_vs_plain'])}"
-                  + (f"  merged {_show(row['merged_vs_plain'])}" if row["merged_vs_plain"] else "")
-                  + f"  [{time.time() - started:.0f} s]", file=sys.stderr, flush=True)
-    finally:
-        baseline.stop()
+    methods = [CONTROL] + [m for m in methods if m != CONTROL]
+    # The baseline's peak memory is deterministic up to the allocator: measured at the start, in
+    # the middle and at the end of the run, its spread shows how far that holds.
+    checkpoints = {0, len(methods) // 2, len(methods)}
+    baseline_peaks_mb: list[float] = []
+    timed, peaks = {}, {}
+    for index, method in enumerate(methods + [None]):
+        if index in checkpoints:
+            baseline_peaks_mb.append(in_fresh_process(context, peak_memory, CONTROL, settings))
+        if method is None:
+            break
+        timed[method] = in_fresh_process(context, time_method, method, settings, args.rounds, args.warmup)
+        peaks[method] = in_fresh_process(context, peak_memory, method, settings)
+        print(f"{method:18} timed and measured  [{time.time() - started:.0f} s]", file=sys.stderr, flush=True)
+    rows = [method_row(m, timed[m], peaks[m], baseline_peaks_mb) for m in methods]
+    for row in rows:
+        print(f"{row['method']:18} train {_show(row['train_vs_full'])}  memory {_show(row['memory_vs_full'])}  "
+              f"inference {_show(row['inference_vs_plain'])}"
+              + (f"  merged {_show(row['merged_vs_plain'])}" if row["merged_vs_plain"] else ""), file=sys.stderr)
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "command": command,
         "conditions": {
-            "model": args.model, "model_kwargs": args.model_kwargs, "image_size": baseline.info["image_size"],
+            "model": args.model, "model_kwargs": args.model_kwargs, "image_size": timed[CONTROL]["image_size"],
             "batch_size": args.batch_size, "classes": CLASSES, "threads": args.threads,
             "rounds": args.rounds, "warmup": args.warmup, "tolerance": args.tolerance,
             "cpu": _cpu(), "cores": os.cpu_count(), "python": platform.python_version(),
             "torch": torch.__version__, "timm": timm.__version__,
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "git_commit": _git("rev-parse", "HEAD"), "git_dirty": bool(_git("status", "--porcelain")),
+            "git_commit": commit, "git_dirty": dirty,
             "wall_time_s": round(time.time() - started, 1),
         },
         # The baselines over the whole run, for scale; every ratio uses its own rounds.
-        "baseline": {key: summary([value for row in rows for value in row["rounds"][raw]])
-                     for key, raw in (("train_s", "full_train_s"), ("peak_mb", "full_peak_mb"),
-                                      ("inference_s", "plain_inference_s"))},
+        "baseline": {"train_s": summary([v for row in rows for v in row["rounds"]["full_train_s"]]),
+                     "inference_s": summary([v for row in rows for v in row["rounds"]["plain_inference_s"]]),
+                     "peak_mb": summary(baseline_peaks_mb), "peaks_mb": baseline_peaks_mb},
         "methods": rows,
     }
 

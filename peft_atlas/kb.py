@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import fmean
@@ -372,6 +372,32 @@ def _check_row_preset(kb: KnowledgeBase, row: ResultRow, benchmark: Benchmark | 
                              f"(expected one of: {', '.join(known) or 'none registered'})")
 
 
+def task_group_means(per_task: Mapping[str, float], benchmark: Benchmark) -> dict[str, float]:
+    """Group means recomputed from per-task accuracies.
+
+    Args:
+        per_task: Task id to top-1 accuracy, as a row prints it.
+        benchmark: The benchmark whose groups define the means.
+
+    Returns:
+        Group id to the mean of its tasks, in the benchmark's group order; a group missing any
+        of its tasks is left out rather than averaged over fewer tasks.
+    """
+    means: dict[str, float] = {}
+    for group in benchmark.groups:
+        values = [per_task[task.id] for task in group.tasks if task.id in per_task]
+        if len(values) == len(group.tasks):
+            means[group.id] = fmean(values)
+    return means
+
+
+def task_mean_of_group_means(per_task: Mapping[str, float], benchmark: Benchmark) -> float | None:
+    """The mean of the group means recomputed from per-task accuracies (every group weighs the
+    same), or None unless every task of the benchmark has a number."""
+    means = task_group_means(per_task, benchmark)
+    return fmean(means.values()) if len(means) == len(benchmark.groups) else None
+
+
 def _check_row_numbers(row: ResultRow, benchmark: Benchmark, problem) -> None:
     """Unknown task/group ids, and printed means that disagree with the per-task numbers."""
     task_ids = benchmark.task_ids()
@@ -393,11 +419,7 @@ def _check_row_numbers(row: ResultRow, benchmark: Benchmark, problem) -> None:
     if row.known_inconsistency:
         # The source itself is inconsistent: its numbers are kept and the explanation shown.
         return
-    computed_groups: dict[str, float] = {}
-    for group in benchmark.groups:
-        values = [row.per_task.get(t.id) for t in group.tasks]
-        if all(v is not None for v in values):
-            computed_groups[group.id] = fmean(values)
+    computed_groups = task_group_means(row.per_task, benchmark)
     for group_id, computed in computed_groups.items():
         printed = row.group_means.get(group_id)
         if printed is not None and abs(printed - computed) > MEAN_TOLERANCE:

@@ -17,6 +17,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from markupsafe import Markup, escape
 
 from .chart import Point, scatter_svg
+from .fidelity import PROXY_FOR, proxy_fidelity
 from .kb import KnowledgeBase, LoadedRow
 from .mathml import MATH_IN_MARKDOWN
 
@@ -77,6 +78,11 @@ def params(value: float | None) -> str:
     return f"{value:.3f}".rstrip("0").rstrip(".") if value < 10 else f"{value:.1f}"
 
 
+def rank(value: float) -> str:
+    """A rank as printed: whole ranks without decimals, a shared (tied) rank as ``2.5``."""
+    return f"{value:g}"
+
+
 def relative(from_page: str, to_page: str) -> str:
     """Relative Markdown link between two generated pages (mkdocs resolves it)."""
     return posixpath.relpath(to_page, posixpath.dirname(from_page) or ".")
@@ -88,7 +94,7 @@ def make_environment() -> Environment:
                       autoescape=True, keep_trailing_newline=True, trim_blocks=True,
                       lstrip_blocks=True)
     env.filters.update(md=markdown_text, cell=cell, code_cell=code_cell, number=number, params=params, fenced=fenced,
-                       lookup=lambda ids, table: [table.get(i, i) for i in ids])
+                       rank=rank, lookup=lambda ids, table: [table.get(i, i) for i in ids])
     env.globals.update(relative=relative, api_page=api_page, conventions=CONVENTION_LABELS, selections=SELECTION_LABELS)
     return env
 
@@ -195,10 +201,13 @@ def render_pages(kb: KnowledgeBase, extra: dict | None = None) -> dict[str, str]
         if not rows and not reproduced:
             continue
         path = f"results/{benchmark.id}.md"
+        # A proxy benchmark's page says how well it predicts the benchmark it stands in for.
+        fidelity = (proxy_fidelity(kb, measured, benchmark.id)
+                    if PROXY_FOR.get(benchmark.id) in kb.benchmarks else None)
         pages[path] = env.get_template("results.md.j2").render(
             page=path, benchmark=benchmark, rows=rows, reproduced=reproduced,
             chart=Markup(_chart(benchmark.name, rows, reproduced)),
-            disagreements=_disagreements(rows), **common)
+            disagreements=_disagreements(rows), fidelity=fidelity, **common)
     if kb.impls:
         implemented_by = {m.impl: m for m in kb.methods.values() if m.impl}
         pages["api/index.md"] = env.get_template("api_index.md.j2").render(

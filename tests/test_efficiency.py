@@ -83,6 +83,16 @@ def test_a_gradient_through_the_backbone_is_not_cheaper_than_one_outside_it():
     assert efficiency.check([row("lora", train=0.42), row("lst", train=0.45, merged=None)], tolerance=0.03) == []
 
 
+def test_a_control_outside_the_tolerance_rejects_the_run():
+    noisy = row("full-finetuning", train=1.10, inference=1.0, merged=1.0)
+    failures = efficiency.check([noisy], tolerance=0.05)
+    assert len(failures) == 1 and "full-finetuning: train_vs_full 1.10x" in failures[0]
+    assert "noise exceeds the tolerance" in failures[0]
+    assert efficiency.check([row("full-finetuning", train=1.04, inference=0.97, merged=1.0)], tolerance=0.05) == []
+    # the same figures on another method are no control: a train step may differ from full FT
+    assert efficiency.check([row("bitfit", train=1.10, inference=1.0, merged=1.0)], tolerance=0.05) == []
+
+
 def test_a_rejected_document_is_not_written(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(efficiency.tempfile, "tempdir", str(tmp_path))  # where the rejected one is kept
     document = {"conditions": {"tolerance": 0.03}, "methods": [row("vpt-deep", inference=0.5, merged=None)]}
@@ -119,10 +129,11 @@ def test_a_tiny_run_writes_every_figure_and_the_page_shows_it(tmp_path):
     for key in ("torch", "timm", "cpu", "date", "git_commit", "wall_time_s"):
         assert conditions[key] not in (None, ""), key
     rows = {r["method"]: r for r in document["methods"]}
-    assert list(rows) == ["lora", "linear-probing", "vpt-shallow"]
+    assert list(rows) == ["full-finetuning", "lora", "linear-probing", "vpt-shallow"]  # the control first
+    assert len(document["baseline"]["peaks_mb"]) == 3  # start, middle, end
     for name, measured in rows.items():
-        assert measured["trainable"] > 0
-        for key in ("full_train_s", "train_s", "full_peak_mb", "peak_mb", "plain_inference_s", "inference_s"):
+        assert measured["trainable"] > 0 and measured["peak_mb"] > 0
+        for key in ("full_train_s", "train_s", "plain_inference_s", "inference_s"):
             assert len(measured["rounds"][key]) == 3 and min(measured["rounds"][key]) > 0, (name, key)
         for key in efficiency.FIGURES[:3]:
             assert measured[key]["p25"] <= measured[key]["median"] <= measured[key]["p75"], (name, key)

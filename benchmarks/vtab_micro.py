@@ -1,35 +1,47 @@
 """VTAB-micro: every registered method on every VTAB-micro task, on a CPU, with nothing to download.
 
 For each method this writes an experiment config, `benchmarks/experiments/<method>/micro.yaml`
-(the method's default options, the VTAB-micro backbone, the seven tasks and the training
-settings below), and runs it with `peft-atlas bench` in its own process, which writes
-`benchmarks/measured/vtab-micro/<method>.json` with full provenance. The backbone is pretrained
-first if it is not cached (see `peft_atlas.bench.micro.micro_backbone_checkpoint`).
+(the method's default options, the VTAB-micro backbone, the seven tasks, the training settings
+below and the method's learning rate), and runs it with `peft-atlas bench` in its own process,
+which writes `benchmarks/measured/vtab-micro/<method>.json` with full provenance. The backbone is
+the committed one (see `peft_atlas.bench.micro.micro_backbone_weights`).
 
-Learning rates (AdamW, cosine schedule; `LR_GROUPS` below) were chosen by the best val200
-accuracy (never test accuracy) of one representative per group, tried at 2-3 rates on `digits`
-and `dsprites_ori`: linear probing 3e-2 (of 1e-2, 3e-2); prompts 1e-2 (VPT-shallow, of 3e-3,
-1e-2, 3e-2); low-rank and other weight reparameterizations 1e-2 (LoRA, of 2e-3, 5e-3, 1e-2);
-biases, norms and scalings 5e-3 (BitFit, of 5e-3, 1e-2, 2e-2); adapters and side networks 2e-3
-(Adapter, of 2e-3, 5e-3, 1e-2); full fine-tuning 1e-3 (of 5e-4, 1e-3, 2e-3). Partial-k takes
-2e-3 untried. A method registered later and not listed takes `DEFAULT_LR`.
+Learning rates are chosen per method on val200, never on test accuracy, by
+
+    python benchmarks/vtab_micro.py --select-lr
+
+which trains each method (seed 0) at three rates, the rate of its group in `LR_GROUPS` times
+1/3, 1 and 3, and keeps the one with the best val200 score: the mean over the tasks of the val200
+top-1 of the epoch each task's run selects (a tie goes to the lower rate). The val200 score of
+every candidate, the backbone's hash and the winner go to `benchmarks/experiments/micro-lr.yaml`;
+the winner's run is the method's result (its config is the candidate's, written as
+`micro.yaml`, so the recorded command re-runs it). The groups themselves come from an earlier
+choice on the first backbone (one representative per group, 2-3 rates on two tasks); they only
+set the centre of each method's grid. A method without a selected rate trains at its group's.
 
 Usage (from anywhere; paths are relative to the repository):
 
-    python benchmarks/vtab_micro.py                      # every method, every task
+    python benchmarks/vtab_micro.py --select-lr --jobs 2    # choose the rates and run the suite
+    python benchmarks/vtab_micro.py                         # the suite at the chosen rates
     python benchmarks/vtab_micro.py --methods lora bitfit --tasks digits count
 
 A run limited to some tasks writes its configs and measured runs under `build/vtab-micro/`, so the
-committed full-suite runs are never replaced by partial ones.
+committed full-suite runs are never replaced by partial ones. `--jobs N` runs N methods at once,
+each with cores/N torch threads (results depend on the thread count, which every run records).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import shlex
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from statistics import fmean
 
 import yaml
 
@@ -39,6 +51,8 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "benchmarks" / "experiments"
 MEASURED = REPO / "benchmarks" / "measured" / "vtab-micro"
 PARTIAL = REPO / "build" / "vtab-micro"
+CANDIDATES = REPO / "build" / "vtab-micro-lr"
+SELECTED = CONFIGS / "micro-lr.yaml"
 
 TRAIN = {
     "selection": "val200",
@@ -51,7 +65,7 @@ TRAIN = {
     "warmup_epochs": 1,
     "device": "cpu",
 }
-"""Training settings shared by every method (the learning rate comes from `LR_GROUPS`)."""
+"""Training settings shared by every method (the learning rate is the method's own)."""
 
 LR_GROUPS: dict[float, tuple[str, ...]] = {
     3e-2: ("linear-probing",),
@@ -61,8 +75,10 @@ LR_GROUPS: dict[float, tuple[str, ...]] = {
     2e-3: ("adapter", "adaptformer", "convpass", "repadapter", "noah", "lst", "side-tuning", "partial-k"),
     1e-3: ("full-finetuning",),
 }
-"""Learning rate to the methods trained with it (see the module docstring for how it was chosen)."""
+"""Centre of each method's learning-rate grid (see the module docstring)."""
 DEFAULT_LR = 5e-3
+LR_FACTORS = (1 / 3, 1.0, 3.0)
+"""The grid of `--select-lr`: these multiples of the group's rate."""
 
 HEADER = """\
 # {method} on the VTAB-micro backbone over the VTAB-micro tasks, on a CPU.
@@ -73,16 +89,47 @@ HEADER = """\
 """
 
 
-def learning_rate(method: str) -> tuple[float, str]:
-    """The learning rate of a method and why it has it."""
+def group_rate(method: str) -> tuple[float, str]:
+    """The rate of a method's group in `LR_GROUPS` and how it got it."""
     for lr, methods in LR_GROUPS.items():
         if method in methods:
             return lr, "its group in LR_GROUPS"
     return DEFAULT_LR, "not listed in LR_GROUPS: DEFAULT_LR"
 
 
-def experiment(method: str, tasks: list[str]) -> dict[str, object]:
-    """The experiment config of one method, as plain data."""
+def candidate_rates(method: str) -> list[float]:
+    """The learning rates `--select-lr` tries for a method, lowest first (3 significant digits)."""
+    centre, _ = group_rate(method)
+    return [float(f"{centre * factor:.3g}") for factor in LR_FACTORS]
+
+
+def read_selected(path: Path = SELECTED) -> dict[str, dict]:
+    """The per-method entries of the selection file (empty if there is none)."""
+    if not path.is_file():
+        return {}
+    return yaml.safe_load(path.read_text(encoding="utf-8")).get("methods", {})
+
+
+def learning_rate(method: str) -> tuple[float, str]:
+    """The learning rate of a method and why it has it: chosen on val200, else its group's."""
+    selected = read_selected().get(method)
+    if selected is not None:
+        return selected["chosen"], f"chosen on val200 from {selected['candidates']}, see {SELECTED.name}"
+    return group_rate(method)
+
+
+def val200_score(run: dict) -> float:
+    """Mean over a run's tasks of the val200 top-1 of the epoch each task selected."""
+    return fmean(task["history"][task["selected_epoch"] - 1]["val_top1"] for task in run["tasks"])
+
+
+def choose(scores: dict[float, float]) -> float:
+    """The rate with the best val200 score; a tie goes to the lower rate."""
+    return min(scores, key=lambda lr: (-scores[lr], lr))
+
+
+def experiment(method: str, tasks: list[str], lr: float | None = None) -> dict[str, object]:
+    """The experiment config of one method, as plain data (at `lr`, else its `learning_rate`)."""
     from peft_atlas.bench.micro import MICRO_IMAGE_SIZE, MICRO_MEAN, MICRO_STD, micro_backbone_config
 
     backbone = micro_backbone_config()
@@ -93,24 +140,26 @@ def experiment(method: str, tasks: list[str]) -> dict[str, object]:
         # Recorded for the reader; peft_atlas.bench.micro prepares the images exactly so.
         "data": {"kind": "micro", "tasks": tasks, "image_size": MICRO_IMAGE_SIZE, "interpolation": "bilinear",
                  "mean": list(MICRO_MEAN), "std": list(MICRO_STD)},
-        "train": {**TRAIN, "lr": learning_rate(method)[0]},
+        "train": {**TRAIN, "lr": learning_rate(method)[0] if lr is None else lr},
         "seed": 0,
     }
 
 
-def write_config(path: Path, method: str, tasks: list[str], out: Path) -> None:
+def write_config(path: Path, method: str, tasks: list[str], out: Path, lr: float | None = None,
+                 why: str | None = None) -> None:
     """Write a method's config (only if its text changed), checked by the config schema."""
     from peft_atlas.bench.config import parse_config
 
-    data = experiment(method, tasks)
+    data = experiment(method, tasks, lr)
     parse_config(data, str(path))  # raises ConfigError, naming the field, if the table is wrong
-    lr, why = learning_rate(method)
+    if lr is None:
+        lr, why = learning_rate(method)
     header = HEADER.format(method=method, lr=lr, why=why, config=_relative(path), out=_relative(out))
     text = header + yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=100)
     if not path.is_file() or path.read_text(encoding="utf-8") != text:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
-        print(f"wrote {_relative(path)}")
+        print(f"wrote {_relative(path)}", flush=True)
 
 
 def _relative(path: Path) -> str:
@@ -120,15 +169,107 @@ def _relative(path: Path) -> str:
         return str(path)
 
 
+def run_bench(config: Path, out: Path, threads: int) -> bool:
+    """Run one config in its own process with `threads` torch threads; True if it succeeded."""
+    command = [sys.executable, "-m", "peft_atlas.bench.cli", _relative(config), "--out", _relative(out), "--quiet"]
+    began = time.perf_counter()
+    done = subprocess.run(command, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+    print(f"{_relative(out)}: {time.perf_counter() - began:.0f} s" + ("" if done.returncode == 0 else " FAILED"),
+          flush=True)
+    return done.returncode == 0
+
+
+def select_learning_rates(methods: list[str], tasks: list[str], jobs: int, threads: int) -> list[str]:
+    """Run every candidate rate of every method, record the choice, keep the winners' runs.
+
+    Returns:
+        The methods that failed.
+    """
+    from peft_atlas.bench.micro import micro_backbone_weights
+
+    work = []
+    for method in methods:
+        for lr in candidate_rates(method):
+            config, out = CANDIDATES / method / f"lr{lr:g}.yaml", CANDIDATES / method / f"lr{lr:g}.json"
+            write_config(config, method, tasks, out, lr, "a candidate of --select-lr")
+            work.append((method, lr, config, out))
+    sha256 = micro_backbone_weights().sha256
+
+    def run_candidate(item: tuple) -> bool:
+        _, lr, config, out = item
+        if _done_before(out, lr, sha256):
+            print(f"{_relative(out)}: kept (same rate, same backbone)", flush=True)
+            return True
+        return run_bench(config, out, threads)
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        succeeded = list(pool.map(run_candidate, work))
+    failed = sorted({method for (method, *_), ok in zip(work, succeeded) if not ok})
+    entries = read_selected()
+    for method in methods:
+        if method in failed:
+            continue
+        runs = {lr: json.loads(out.read_text(encoding="utf-8")) for m, lr, _, out in work if m == method}
+        scores = {lr: round(val200_score(run), 3) for lr, run in runs.items()}
+        chosen = choose(scores)
+        entries[method] = {"chosen": chosen, "candidates": list(scores), "val200": scores}
+        _adopt(method, tasks, runs[chosen], CANDIDATES / method / f"lr{chosen:g}.json")
+    document = {
+        "criterion": "mean over the tasks of the val200 top-1 of the epoch each task's run selects; "
+                     "a tie goes to the lower rate",
+        "grid": f"the rate of the method's group in LR_GROUPS times {', '.join(f'{f:.3g}' for f in LR_FACTORS)}",
+        "backbone_sha256": sha256,
+        "command": shlex.join(["python", "benchmarks/vtab_micro.py", *sys.argv[1:]]),
+        "methods": dict(sorted(entries.items())),
+    }
+    SELECTED.write_text("# Learning rates of VTAB-micro, chosen on val200. Written by benchmarks/vtab_micro.py "
+                        "--select-lr.\n" + yaml.safe_dump(document, sort_keys=False, width=100), encoding="utf-8")
+    print(f"wrote {_relative(SELECTED)}", flush=True)
+    return failed
+
+
+def _done_before(out: Path, lr: float, sha256: str) -> bool:
+    """Whether `out` already holds a run at this rate on this backbone (an interrupted selection resumes)."""
+    if not out.is_file():
+        return False
+    run = json.loads(out.read_text(encoding="utf-8"))
+    return run["config"]["train"]["lr"] == lr and (run.get("backbone_weights") or {}).get("sha256") == sha256
+
+
+def _adopt(method: str, tasks: list[str], run: dict, candidate: Path) -> None:
+    """Make the winning candidate the method's result: its config becomes `micro.yaml`.
+
+    The run is kept as measured (a second run of the same config on the same machine and thread
+    count gives the same numbers); only its recorded command changes, to name the committed
+    config and output file. Refuses if the committed config would differ from the one that ran.
+    """
+    from peft_atlas.bench.config import load_config
+    from peft_atlas.bench.runner import resolve_config
+
+    config, out = CONFIGS / method / "micro.yaml", MEASURED / f"{method}.json"
+    lr = run["config"]["train"]["lr"]
+    write_config(config, method, tasks, out, lr, f"chosen on val200, see {SELECTED.name}")
+    committed = resolve_config(load_config(config)).model_dump(mode="json")
+    if committed != run["config"]:
+        raise RuntimeError(f"{candidate}: its config differs from {config}; re-run instead of adopting it")
+    run["command"] = run["command"].replace(_relative(candidate.with_suffix(".yaml")), _relative(config)).replace(
+        _relative(candidate), _relative(out))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(run, indent=2) + "\n", encoding="utf-8")
+    print(f"{method}: lr {lr:g} chosen; wrote {_relative(out)}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the suite; return 1 if any method failed."""
     import reference_impls as ri
 
-    from peft_atlas.bench.micro import MICRO_TASKS, micro_backbone_checkpoint
+    from peft_atlas.bench.micro import MICRO_TASKS, micro_backbone_weights
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", nargs="+", metavar="METHOD", help="default: every registered method")
     parser.add_argument("--tasks", nargs="+", metavar="TASK", help=f"default: all ({', '.join(MICRO_TASKS)})")
+    parser.add_argument("--select-lr", action="store_true", help="choose each method's learning rate on val200 first")
+    parser.add_argument("--jobs", type=int, default=1, help="methods run at once (each with cores/jobs threads)")
     args = parser.parse_args(argv)
     methods = args.methods or ri.list_methods()
     tasks = args.tasks or list(MICRO_TASKS)
@@ -137,24 +278,30 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown method or task: {', '.join(unknown)}; methods: {', '.join(ri.list_methods())}; "
                      f"tasks: {', '.join(MICRO_TASKS)}")
     full_suite = set(tasks) == set(MICRO_TASKS)
+    if args.select_lr and not full_suite:
+        parser.error("--select-lr chooses on every task; leave out --tasks")
+    jobs = max(1, args.jobs)
+    threads = max(1, (os.cpu_count() or 1) // jobs)
 
     started = time.perf_counter()
-    print(f"backbone: {micro_backbone_checkpoint(quiet=False)}", flush=True)
-    failed = []
-    for method in methods:
-        if full_suite:
-            config, out = CONFIGS / method / "micro.yaml", MEASURED / f"{method}.json"
-        else:
-            config, out = PARTIAL / "configs" / f"{method}.yaml", PARTIAL / "measured" / f"{method}.json"
-        write_config(config, method, tasks, out)
-        command = [sys.executable, "-m", "peft_atlas.bench.cli", _relative(config), "--out", _relative(out), "--quiet"]
-        began = time.perf_counter()
-        done = subprocess.run(command, cwd=REPO)
-        print(f"{method}: {time.perf_counter() - began:.0f} s" + ("" if done.returncode == 0 else " FAILED"), flush=True)
-        if done.returncode != 0:
-            failed.append(method)
+    weights = micro_backbone_weights(quiet=False)
+    print(f"backbone: {weights.path} ({weights.origin}, sha256 {weights.sha256[:12]})", flush=True)
+    if args.select_lr:
+        failed = select_learning_rates(methods, tasks, jobs, threads)
+    else:
+        work = []
+        for method in methods:
+            if full_suite:
+                config, out = CONFIGS / method / "micro.yaml", MEASURED / f"{method}.json"
+            else:
+                config, out = PARTIAL / "configs" / f"{method}.yaml", PARTIAL / "measured" / f"{method}.json"
+            write_config(config, method, tasks, out)
+            work.append((method, config, out))
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            succeeded = list(pool.map(lambda item: run_bench(item[1], item[2], threads), work))
+        failed = [method for (method, *_), ok in zip(work, succeeded) if not ok]
     print(f"{len(methods)} methods x {len(tasks)} tasks in {time.perf_counter() - started:.0f} s"
-          + (f"; failed: {', '.join(failed)}" if failed else ""))
+          + (f"; failed: {', '.join(failed)}" if failed else ""), flush=True)
     return 1 if failed else 0
 
 

@@ -170,6 +170,23 @@ class GitState(Record):
     dirty: bool | None
 
 
+class BackboneWeightsRecord(Record):
+    """Which weights the backbone was loaded from, by content.
+
+    Attributes:
+        checkpoint: `backbone.checkpoint` of the config (`micro`, or a file path).
+        sha256: The content hash of the file loaded.
+        origin: `committed` (the repository's file, hash verified before use), `cache` or
+            `pretrained` (pretrained on the machine that ran), or `file` (a path given by the user).
+        key: For the VTAB-micro backbone, the recipe key (config and pretraining code).
+    """
+
+    checkpoint: str
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    origin: Literal["committed", "cache", "pretrained", "file"]
+    key: str | None = None
+
+
 class RecordedMethod(_OpenRecord):
     """The `method` section of the recorded config."""
 
@@ -228,6 +245,8 @@ class MeasuredRun(Record):
         versions: Python, torch, timm and CUDA versions.
         git: The state of the code that ran.
         created: UTC time the file was written (ISO 8601).
+        backbone_weights: The backbone's weights by content (None: none loaded from a file,
+            or a run from before this field was recorded).
     """
 
     format: Literal["peft-atlas-bench-result"]
@@ -247,6 +266,7 @@ class MeasuredRun(Record):
     versions: dict[str, str | None]
     git: GitState
     created: str
+    backbone_weights: BackboneWeightsRecord | None = None
 
 
 class MeasuredFileError(ValueError):

@@ -331,6 +331,8 @@ def measured_rows(kb: KnowledgeBase) -> list[dict]:
             "selection": run.config.train.selection,
             "command": run.command,
             "seed": run.seed,
+            "lr": getattr(run.config.train, "lr", None),
+            "backbone_sha256": run.backbone_weights.sha256 if run.backbone_weights else None,
             "wall_time_s": run.wall_time_s,
             "git_commit": run.git.commit,
             "versions": run.versions,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
@@ -124,6 +125,80 @@ def test_pretraining_smoke_run_is_cached_and_loadable(tmp_path: Path, monkeypatc
     assert sorted(missing) == ["head.bias", "head.weight"] and not unexpected
 
 
+def _no_training(*args: object, **kwargs: object) -> None:
+    raise AssertionError("no pretraining expected here")
+
+
+def test_a_committed_backbone_is_used_first_and_its_hash_verified(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PEFT_ATLAS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv(micro.ANEW_VARIABLE, raising=False)
+    committed = tmp_path / "committed"
+    pretrained = micro.micro_backbone_weights(TINY, committed_dir=committed)
+    assert pretrained.origin == "pretrained" and pretrained.sha256 == micro.file_sha256(pretrained.path)
+    assert json.loads(pretrained.path.with_suffix(".json").read_text())["sha256"] == pretrained.sha256
+    committed.mkdir()
+    for suffix in (".safetensors", ".json"):
+        shutil.copyfile(pretrained.path.with_suffix(suffix), committed / f"{pretrained.key}{suffix}")
+    monkeypatch.setattr(micro, "pretrain", _no_training)
+
+    weights = micro.micro_backbone_weights(TINY, committed_dir=committed)
+    assert (weights.origin, weights.path, weights.sha256) == (
+        "committed", committed / f"{pretrained.key}.safetensors", pretrained.sha256)
+    assert micro.micro_backbone_weights(TINY, committed_dir=tmp_path / "none").origin == "cache"
+    monkeypatch.setenv(micro.ANEW_VARIABLE, "1")  # skips the committed file
+    assert micro.micro_backbone_weights(TINY, committed_dir=committed).origin == "cache"
+
+    monkeypatch.delenv(micro.ANEW_VARIABLE)
+    changed = bytearray(weights.path.read_bytes())
+    changed[-1] ^= 1
+    weights.path.write_bytes(bytes(changed))
+    with pytest.raises(micro.CheckpointHashError, match=rf"{weights.path.name}: sha256 [0-9a-f]+ differs from 'sha256'"):
+        micro.micro_backbone_weights(TINY, committed_dir=committed)
+    (committed / f"{pretrained.key}.json").write_text("{}")
+    with pytest.raises(micro.CheckpointHashError, match=rf"{pretrained.key}.json: cannot read field 'sha256'"):
+        micro.micro_backbone_weights(TINY, committed_dir=committed)
+
+
+def test_pretraining_anew_says_whether_it_equals_the_committed_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                   capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.setenv("PEFT_ATLAS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv(micro.ANEW_VARIABLE, "1")
+    committed = tmp_path / "committed"
+    committed.mkdir()
+    key = micro_pretrain.checkpoint_key(TINY)
+    (committed / f"{key}.json").write_text(json.dumps({"sha256": "0" * 64}))
+    weights = micro.micro_backbone_weights(TINY, quiet=False, committed_dir=committed)
+    assert f"(sha256 {weights.sha256[:12]}) differs from the committed one (sha256 000000000000)" in capsys.readouterr().out
+    (committed / f"{key}.json").write_text(json.dumps({"sha256": weights.sha256}))
+    micro.micro_backbone_weights(TINY, quiet=False, committed_dir=committed)
+    assert "equals the committed one" in capsys.readouterr().out
+
+
+def test_the_benchmark_recipe_has_its_committed_backbone() -> None:
+    key = micro_pretrain.checkpoint_key(micro.DEFAULT_PRETRAIN)
+    weights = micro.committed_backbone(key)  # also verifies the hash
+    assert weights is not None, (
+        f"no committed backbone for recipe key {key} in {micro.COMMITTED_DIR}: the pretraining config or "
+        "code changed; run `python -m peft_atlas.bench.micro --commit` and re-run VTAB-micro")
+    record = json.loads(weights.path.with_suffix(".json").read_text())
+    assert record["config"] == micro.DEFAULT_PRETRAIN.to_json() and record["key"] == key
+
+
+def test_a_run_records_its_backbone_weights_by_content(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from peft_atlas.bench import results
+    from peft_atlas.bench.config import BackboneConfig
+
+    monkeypatch.setenv("PEFT_ATLAS_CACHE", str(tmp_path))
+    weights = micro.micro_backbone_weights(TINY)
+    by_path = results.backbone_weights(BackboneConfig(model=TINY.model, checkpoint=str(weights.path)))
+    assert (by_path.origin, by_path.sha256, by_path.key) == ("file", weights.sha256, None)
+    monkeypatch.setattr(results, "micro_backbone_weights", lambda: weights)
+    micro_record = results.backbone_weights(BackboneConfig(model=TINY.model, checkpoint="micro"))
+    assert (micro_record.checkpoint, micro_record.origin, micro_record.key) == ("micro", "pretrained", weights.key)
+    assert results.backbone_weights(BackboneConfig(model=TINY.model)) is None
+
+
 def test_pretraining_is_deterministic() -> None:
     first, _ = micro_pretrain.pretrain(replace(TINY, steps=2))
     second, _ = micro_pretrain.pretrain(replace(TINY, steps=2))
@@ -147,13 +222,46 @@ def test_runner_trains_on_a_micro_task(tmp_path: Path, monkeypatch: pytest.Monke
     assert 0 <= result.top1 <= 100 and result.selected_epoch == 1
 
 
+def _suite():
+    spec = importlib.util.spec_from_file_location("vtab_micro", REPO / "benchmarks" / "vtab_micro.py")
+    suite = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(suite)
+    return suite
+
+
+def test_learning_rates_are_chosen_on_val200_only() -> None:
+    suite = _suite()
+    assert suite.candidate_rates("lora") == [0.00333, 0.01, 0.03]
+    assert suite.candidate_rates("full-finetuning") == [0.000333, 0.001, 0.003]
+
+    def task(val: list[float], selected: int, top1: float) -> dict:
+        return {"selected_epoch": selected, "top1": top1, "history": [{"val_top1": v} for v in val]}
+
+    run = {"tasks": [task([50.0, 70.0, 60.0], 2, 10.0), task([80.0, 90.0], 2, 99.0)]}
+    assert suite.val200_score(run) == 80.0  # (70 + 90) / 2: the selected epochs' val200, never top1
+    assert suite.choose({0.003: 61.0, 0.01: 63.5, 0.03: 62.0}) == 0.01
+    assert suite.choose({0.003: 63.5, 0.01: 63.5, 0.03: 62.0}) == 0.003  # a tie goes to the lower rate
+
+
+def test_committed_runs_use_the_learning_rate_chosen_for_them() -> None:
+    suite = _suite()
+    selected = suite.read_selected()
+    for path in sorted(suite.MEASURED.glob("*.json")):
+        run = json.loads(path.read_text())
+        entry = selected.get(run["method"])
+        if entry is None:
+            continue
+        assert entry["chosen"] in entry["candidates"] and set(entry["val200"]) == set(entry["candidates"])
+        assert suite.choose(entry["val200"]) == entry["chosen"], run["method"]
+        assert run["config"]["train"]["lr"] == entry["chosen"], f"{path.name} ran at another rate than {suite.SELECTED.name} chose"
+        assert round(suite.val200_score(run), 3) == entry["val200"][entry["chosen"]], path.name
+
+
 def test_suite_configs_are_valid_and_match_the_benchmark() -> None:
     import reference_impls as ri
     from peft_atlas.bench.config import parse_config
 
-    spec = importlib.util.spec_from_file_location("vtab_micro", REPO / "benchmarks" / "vtab_micro.py")
-    suite = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(suite)
+    suite = _suite()
     listed = [m for methods in suite.LR_GROUPS.values() for m in methods]
     assert len(listed) == len(set(listed)) and set(listed) <= set(ri.list_methods())  # catches renames
     for method in ri.list_methods():
@@ -163,3 +271,14 @@ def test_suite_configs_are_valid_and_match_the_benchmark() -> None:
     [entry] = [b for b in benchmarks if b["id"] == "vtab-micro"]
     groups = {t["id"]: g["id"] for g in entry["groups"] for t in g["tasks"]}
     assert groups == micro.MICRO_TASKS and list(groups) == list(micro.MICRO_TASKS)
+
+
+def test_every_committed_micro_run_names_the_committed_backbone() -> None:
+    weights = micro.committed_backbone(micro_pretrain.checkpoint_key(micro.DEFAULT_PRETRAIN))
+    assert weights is not None
+    runs = sorted((REPO / "benchmarks" / "measured" / "vtab-micro").glob("*.json"))
+    assert runs
+    for path in runs:
+        recorded = json.loads(path.read_text()).get("backbone_weights")
+        assert recorded is not None and recorded["sha256"] == weights.sha256, (
+            f"{path.name} ran on another backbone than the committed one; re-run it with benchmarks/vtab_micro.py")

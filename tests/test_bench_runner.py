@@ -3,7 +3,6 @@ which errors the command reports as input errors."""
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,6 @@ from bench_support import TINY_VIT, make_vtab_folder, tiny_config, write_config 
 from peft_atlas.bench import runner, training  # noqa: E402
 from peft_atlas.bench.backbone import BackboneError, build_backbone  # noqa: E402
 from peft_atlas.bench.config import BackboneConfig, parse_config  # noqa: E402
-from peft_atlas.bench.progress import Progress  # noqa: E402
 from peft_atlas.bench.runner import run_experiment  # noqa: E402
 from peft_atlas.bench.training import global_batches, local_share, lr_factor  # noqa: E402
 from peft_atlas.bench.vtab import load_vtab_task  # noqa: E402
@@ -122,24 +120,6 @@ def test_checkpoint_that_does_not_fit_is_a_clear_error(tmp_path: Path) -> None:
     wrong_kwargs = BackboneConfig(model="vit_tiny_patch16_224", model_kwargs={**TINY_VIT, "depht": 2})
     with pytest.raises(BackboneError, match=r"cannot create vit_tiny_patch16_224 .*depht"):
         build_backbone(wrong_kwargs, num_classes=3)
-
-
-def test_progress_bar_draws_only_on_a_terminal() -> None:
-    class Terminal(io.StringIO):
-        def isatty(self) -> bool:
-            return True
-
-    terminal, pipe = Terminal(), io.StringIO()
-    for stream in (terminal, pipe):
-        bar = Progress(4, "lora/cifar100", stream=stream)
-        for _ in range(4):
-            bar.update(1, "epoch 1/1")
-        bar.close()
-    assert "lora/cifar100 [####################] 4/4" in terminal.getvalue()
-    assert pipe.getvalue() == ""
-    quiet = Terminal()
-    Progress(4, "x", enabled=False, stream=quiet).update(4)
-    assert quiet.getvalue() == ""
 
 
 @pytest.mark.parametrize("method", sorted(p.parent.name for p in EXPERIMENTS.glob("*/default.yaml")))

@@ -15,7 +15,7 @@ from torch import nn
 from reference_impls.backbone import head_modules
 
 from .config import BackboneConfig
-from .micro import micro_backbone_checkpoint
+from .micro import CheckpointHashError, micro_backbone_checkpoint
 
 __all__ = ["BackboneError", "build_backbone", "load_state_dict"]
 
@@ -59,7 +59,10 @@ def _checkpoint_path(checkpoint: str) -> Path:
     """The file named by `backbone.checkpoint` (`micro`: the cached VTAB-micro backbone)."""
     if checkpoint != "micro":
         return Path(checkpoint)
-    return micro_backbone_checkpoint()  # pretrained and cached on first use
+    try:
+        return micro_backbone_checkpoint()  # the committed file, else cached, else pretrained now
+    except CheckpointHashError as error:
+        raise BackboneError(str(error)) from None
 
 
 def build_backbone(config: BackboneConfig, num_classes: int) -> nn.Module:

@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -38,10 +39,15 @@ __all__ = [
     "MICRO_STD",
     "MICRO_TASKS",
     "MicroDataset",
+    "BackboneWeights",
+    "CheckpointHashError",
     "cache_dir",
+    "committed_backbone",
+    "file_sha256",
     "load_micro_task",
     "micro_backbone_checkpoint",
     "micro_backbone_config",
+    "micro_backbone_weights",
 ]
 
 MICRO_TASKS: dict[str, str] = {name: group for name, (group, _) in BUILDERS.items()}
@@ -185,6 +191,45 @@ def micro_backbone_config(config: PretrainConfig = DEFAULT_PRETRAIN) -> dict[str
     return {"model": config.model, "model_kwargs": dict(config.model_kwargs)}
 
 
+COMMITTED_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "backbones" / "micro"
+"""Where the repository keeps its pretrained VTAB-micro backbones: `<key>.safetensors` beside
+`<key>.json` (recipe, pretraining metrics, versions and the file's sha256)."""
+
+ANEW_VARIABLE = "PEFT_ATLAS_PRETRAIN_ANEW"
+"""Set to 1 to ignore the committed checkpoint and pretrain (or take the cached one) instead."""
+
+
+class CheckpointHashError(ValueError):
+    """A backbone file whose content is not the one its record names."""
+
+
+@dataclass(frozen=True)
+class BackboneWeights:
+    """The file a run's backbone weights came from.
+
+    Attributes:
+        path: The `.safetensors` file.
+        sha256: Its content hash.
+        origin: `committed` (the repository's, hash verified), `cache` (pretrained on this
+            machine earlier) or `pretrained` (just now).
+        key: The recipe key (`checkpoint_key` of the pretraining config).
+    """
+
+    path: Path
+    sha256: str
+    origin: Literal["committed", "cache", "pretrained"]
+    key: str
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def cache_dir() -> Path:
     """Where checkpoints are cached: `$PEFT_ATLAS_CACHE/micro`, else `~/.cache/peft-atlas/micro`."""
     root = os.environ.get("PEFT_ATLAS_CACHE")
@@ -192,44 +237,129 @@ def cache_dir() -> Path:
     return base / "micro"
 
 
-def micro_backbone_checkpoint(config: PretrainConfig = DEFAULT_PRETRAIN, *, quiet: bool = True) -> Path:
-    """The pretrained VTAB-micro backbone, pretrained now if it is not cached yet.
+def committed_backbone(key: str, directory: Path = COMMITTED_DIR) -> BackboneWeights | None:
+    """The repository's checkpoint for a recipe key, its hash verified; None if there is none.
 
-    The file is `<cache_dir>/<key>.safetensors` with `key = checkpoint_key(config)` (a hash of
-    the config and of the pretraining code), beside `<key>.json` recording the config, the
-    pretraining accuracy and the versions used. The state dict has no classifier (`head.*`):
-    load it with `strict=False` into a model built from `micro_backbone_config()` with the
-    task's `num_classes`.
+    Raises:
+        CheckpointHashError: If the file's sha256 differs from the one in its `.json` record (a
+            corrupted file, or a Git LFS pointer instead of the weights).
+    """
+    path, record = directory / f"{key}.safetensors", directory / f"{key}.json"
+    if not path.is_file():
+        return None
+    try:
+        expected = json.loads(record.read_text(encoding="utf-8"))["sha256"]
+    except (OSError, ValueError, KeyError) as error:
+        raise CheckpointHashError(f"{record}: cannot read field 'sha256' of the committed backbone "
+                                  f"({type(error).__name__}: {error})") from None
+    actual = file_sha256(path)
+    if actual != expected:
+        raise CheckpointHashError(f"{path}: sha256 {actual} differs from 'sha256' {expected} in {record.name}; "
+                                  f"restore the file (git checkout -- {path.name}) or regenerate it")
+    return BackboneWeights(path=path, sha256=actual, origin="committed", key=key)
+
+
+def micro_backbone_weights(config: PretrainConfig = DEFAULT_PRETRAIN, *, quiet: bool = True,
+                           committed_dir: Path = COMMITTED_DIR) -> BackboneWeights:
+    """The pretrained VTAB-micro backbone: the committed file, else the cached one, else pretrained now.
+
+    The repository commits the checkpoint of the benchmark's recipe, so that every machine runs
+    on the same weights (pretraining in float32 gives different weights on different CPUs). With
+    `PEFT_ATLAS_PRETRAIN_ANEW=1` the committed file is skipped; pretraining then says whether its
+    result equals the committed one.
+
+    The cached file is `<cache_dir>/<key>.safetensors` with `key = checkpoint_key(config)` (a
+    hash of the config and of the pretraining code), beside `<key>.json` recording the config,
+    the pretraining accuracy, the versions used and the sha256. The state dict has no classifier
+    (`head.*`): load it with `strict=False` into a model built from `micro_backbone_config()`
+    with the task's `num_classes`.
 
     Args:
         config: The pretraining config (the default is the benchmark's).
         quiet: Print nothing; otherwise report pretraining progress.
+        committed_dir: Where committed checkpoints are looked for.
 
     Returns:
-        Path of the `.safetensors` file.
+        The file, its sha256 and where it came from.
+
+    Raises:
+        CheckpointHashError: If a committed file does not match its recorded hash.
     """
+    key = checkpoint_key(config)
+    anew = os.environ.get(ANEW_VARIABLE, "") not in ("", "0")
+    committed = None if anew else committed_backbone(key, committed_dir)
+    if committed is not None:
+        return committed
+    directory = cache_dir()
+    path = directory / f"{key}.safetensors"
+    origin: Literal["cache", "pretrained"] = "cache"
+    if not path.is_file():
+        origin = "pretrained"
+        _pretrain_into(config, key, directory, quiet=quiet)
+    weights = BackboneWeights(path=path, sha256=file_sha256(path), origin=origin, key=key)
+    reference = committed_dir / f"{key}.json"
+    if not quiet and reference.is_file():
+        expected = json.loads(reference.read_text(encoding="utf-8")).get("sha256")
+        same = "equals" if expected == weights.sha256 else "differs from"
+        print(f"the backbone in {path} (sha256 {weights.sha256[:12]}) {same} the committed one "
+              f"(sha256 {str(expected)[:12]})", flush=True)
+    return weights
+
+
+def micro_backbone_checkpoint(config: PretrainConfig = DEFAULT_PRETRAIN, *, quiet: bool = True) -> Path:
+    """Path of the VTAB-micro backbone file (see `micro_backbone_weights`)."""
+    return micro_backbone_weights(config, quiet=quiet).path
+
+
+def _pretrain_into(config: PretrainConfig, key: str, directory: Path, *, quiet: bool) -> None:
+    """Pretrain and write `<key>.safetensors` and its `<key>.json` record into `directory`."""
     import timm
     from safetensors.torch import save_file
 
-    key = checkpoint_key(config)
-    directory = cache_dir()
-    path = directory / f"{key}.safetensors"
-    if path.is_file():
-        return path
     if not quiet:
-        print(f"pretraining the VTAB-micro backbone (cache key {key}); this runs once", flush=True)
+        print(f"pretraining the VTAB-micro backbone (recipe key {key}); this runs once", flush=True)
     state, metrics = pretrain(config, quiet=quiet)
     directory.mkdir(parents=True, exist_ok=True)
+    # Write to temporary files and rename: a concurrent reader never sees a partial file.
+    temporary = directory / f".{key}.{os.getpid()}.tmp"
+    save_file(state, str(temporary), metadata={"key": key, "config": json.dumps(config.to_json(), sort_keys=True)})
     sidecar = {
         "key": key,
+        "sha256": file_sha256(temporary),
         "config": config.to_json(),
         "pretraining": metrics,
         "versions": {"torch": torch.__version__, "timm": timm.__version__, "numpy": np.__version__},
+        "command": "python -m peft_atlas.bench.micro --commit",
     }
-    # Write to temporary files and rename: a concurrent reader never sees a partial file.
-    temporary = directory / f".{key}.{os.getpid()}.tmp"
-    temporary.write_text(json.dumps(sidecar, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(temporary, directory / f"{key}.json")
-    save_file(state, str(temporary), metadata={"key": key, "config": json.dumps(config.to_json(), sort_keys=True)})
-    os.replace(temporary, path)
-    return path
+    record = directory / f".{key}.{os.getpid()}.json.tmp"
+    record.write_text(json.dumps(sidecar, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(record, directory / f"{key}.json")
+    os.replace(temporary, directory / f"{key}.safetensors")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Pretrain the benchmark's backbone anew, say whether it equals the committed one, optionally commit it.
+
+    Usage: `python -m peft_atlas.bench.micro [--commit]`. The checkpoint goes to the cache (or is
+    taken from it if this recipe was pretrained on this machine before); `--commit` copies it
+    and its record into `benchmarks/backbones/micro/`, where every run finds it first.
+    """
+    import argparse
+    import shutil
+
+    parser = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
+    parser.add_argument("--commit", action="store_true", help=f"copy the checkpoint into {COMMITTED_DIR}")
+    args = parser.parse_args(argv)
+    os.environ[ANEW_VARIABLE] = "1"
+    weights = micro_backbone_weights(quiet=False)
+    print(f"{weights.path} ({weights.origin}), sha256 {weights.sha256}")
+    if args.commit:
+        COMMITTED_DIR.mkdir(parents=True, exist_ok=True)
+        for suffix in (".safetensors", ".json"):
+            shutil.copyfile(weights.path.with_suffix(suffix), COMMITTED_DIR / f"{weights.key}{suffix}")
+        print(f"committed to {COMMITTED_DIR}: add both files to git; runs on the old recipe stay as they are")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

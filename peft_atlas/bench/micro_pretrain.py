@@ -25,6 +25,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from .progress import Progress
+
 __all__ = ["PretrainConfig", "checkpoint_key", "pretrain", "render_batch"]
 
 NUM_SHAPES = 8
@@ -58,7 +60,7 @@ class PretrainConfig:
     image_size: int = 32
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
-    steps: int = 1200
+    steps: int = 4800
     batch_size: int = 96
     lr: float = 0.001
     weight_decay: float = 0.05
@@ -195,7 +197,7 @@ def pretrain(config: PretrainConfig, *, quiet: bool = True) -> tuple[dict[str, t
 
     Args:
         config: What to train and how.
-        quiet: Print nothing; otherwise print the mean loss every 100 steps.
+        quiet: Print nothing; otherwise report progress and the mean loss of the last 100 steps.
 
     Returns:
         The backbone's state dict without the classifier (`head.*`), and metrics: final
@@ -229,6 +231,7 @@ def _pretrain(config: PretrainConfig, *, quiet: bool) -> tuple[dict[str, torch.T
     started = time.perf_counter()
     model.train()
     window: list[float] = []
+    progress = Progress(config.steps, "pretrain", enabled=not quiet)
     for step in range(config.steps):
         images, labels = render_batch(train_stream, config.batch_size, config.image_size)
         for group in optimizer.param_groups:
@@ -237,11 +240,9 @@ def _pretrain(config: PretrainConfig, *, quiet: bool) -> tuple[dict[str, torch.T
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        window.append(loss.item())
-        if not quiet and (step + 1) % 100 == 0:
-            print(f"pretrain step {step + 1}/{config.steps}: loss {sum(window) / len(window):.3f} "
-                  f"({time.perf_counter() - started:.0f} s)", flush=True)
-            window = []
+        window = (window + [loss.item()])[-100:]
+        progress.update(1, f"loss {sum(window) / len(window):.3f}")
+    progress.close()
     metrics = {
         "final_train_loss": round(window[-1] if window else loss.item(), 4),
         "eval_top1": round(_accuracy(model, eval_images, eval_labels), 2),

@@ -14,8 +14,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ..measured import FORMAT, FORMAT_VERSION, GitState, MeasuredRun, Metrics, PeakMemory, TaskRecord
-from .config import ExperimentConfig
+from ..measured import (FORMAT, FORMAT_VERSION, BackboneWeightsRecord, GitState, MeasuredRun, Metrics, PeakMemory,
+                        TaskRecord)
+from .config import BackboneConfig, ExperimentConfig
+from .micro import file_sha256, micro_backbone_weights
 
 __all__ = ["environment", "protocol", "summarize", "write_results"]
 
@@ -138,6 +140,17 @@ def environment() -> dict[str, Any]:
     }
 
 
+def backbone_weights(config: BackboneConfig) -> BackboneWeightsRecord | None:
+    """The weights file a backbone config loads, by content (None without a checkpoint)."""
+    if config.checkpoint is None:
+        return None
+    if config.checkpoint == "micro":
+        weights = micro_backbone_weights()
+        return BackboneWeightsRecord(checkpoint="micro", sha256=weights.sha256, origin=weights.origin, key=weights.key)
+    return BackboneWeightsRecord(checkpoint=config.checkpoint, sha256=file_sha256(Path(config.checkpoint)),
+                                 origin="file")
+
+
 def write_results(path: str | Path, config: ExperimentConfig, task_results: list[TaskRecord], command: str) -> None:
     """Write a measured run (see [`MeasuredRun`][peft_atlas.measured.MeasuredRun] for its fields).
 
@@ -172,6 +185,7 @@ def write_results(path: str | Path, config: ExperimentConfig, task_results: list
             cuda_max_allocated_bytes=max(cuda_peaks) if cuda_peaks else None,
         ),
         **environment(),
+        backbone_weights=backbone_weights(config.backbone),
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
     path = Path(path)

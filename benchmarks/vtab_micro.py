@@ -3,7 +3,8 @@
 For each method this writes an experiment config, `benchmarks/experiments/<method>/micro.yaml`
 (the method's default options, the VTAB-micro backbone, the seven tasks, the training settings
 below and the method's learning rate), and runs it with `peft-atlas bench` in its own process,
-which writes `benchmarks/measured/vtab-micro/<method>.json` with full provenance. The backbone is
+once per seed, which writes `benchmarks/measured/vtab-micro/<method>-seed<N>.json` with full
+provenance. The backbone is
 the committed one (see `peft_atlas.bench.micro.micro_backbone_weights`).
 
 Learning rates are chosen per method on val200, never on test accuracy, by
@@ -12,17 +13,24 @@ Learning rates are chosen per method on val200, never on test accuracy, by
 
 which trains each method (seed 0) at three rates, the rate of its group in `LR_GROUPS` times
 1/3, 1 and 3, and keeps the one with the best val200 score: the mean over the tasks of the val200
-top-1 of the epoch each task's run selects (a tie goes to the lower rate). The val200 score of
-every candidate, the backbone's hash and the winner go to `benchmarks/experiments/micro-lr.yaml`;
-the winner's run is the method's result (its config is the candidate's, written as
-`micro.yaml`, so the recorded command re-runs it). The groups themselves come from an earlier
-choice on the first backbone (one representative per group, 2-3 rates on two tasks); they only
-set the centre of each method's grid. A method without a selected rate trains at its group's.
+top-1 of the epoch each task's run selects (a tie goes to the lower rate). When the best rate is
+at an end of the grid, the grid grows by another factor of 3 past that end, up to
+`MAX_EXTENSIONS` times, so a chosen rate is an interior optimum unless the cap was reached. The
+val200 score of every candidate, the backbone's hash and the winner go to
+`benchmarks/experiments/micro-lr.yaml`; the winner's run is the method's seed-0 result (its config
+is the candidate's, written as `micro.yaml`, so the recorded command re-runs it). The groups
+themselves come from an earlier choice on the first backbone (one representative per group, 2-3
+rates on two tasks); they only set the centre of each method's grid. A method without a selected
+rate trains at its group's.
+
+Every method then runs at its chosen rate with the seeds of `SEEDS` (`--seeds` to change), one
+file per seed: `benchmarks/measured/vtab-micro/<method>-seed<N>.json`. A run already there with the
+same config on the same backbone is kept, so an interrupted suite resumes.
 
 Usage (from anywhere; paths are relative to the repository):
 
-    python benchmarks/vtab_micro.py --select-lr --jobs 2    # choose the rates and run the suite
-    python benchmarks/vtab_micro.py                         # the suite at the chosen rates
+    python benchmarks/vtab_micro.py --select-lr --jobs 2    # choose the rates, then every seed
+    python benchmarks/vtab_micro.py --jobs 2                # every seed at the chosen rates
     python benchmarks/vtab_micro.py --methods lora bitfit --tasks digits count
 
 A run limited to some tasks writes its configs and measured runs under `build/vtab-micro/`, so the
@@ -79,13 +87,19 @@ LR_GROUPS: dict[float, tuple[str, ...]] = {
 DEFAULT_LR = 5e-3
 LR_FACTORS = (1 / 3, 1.0, 3.0)
 """The grid of `--select-lr`: these multiples of the group's rate."""
+LR_STEP = 3.0
+"""Factor between a grid's end and the rate added past it when the best rate is at that end."""
+MAX_EXTENSIONS = 3
+"""Most rates added past the ends of one method's grid."""
+SEEDS = (0, 1, 2)
+"""Seeds of the suite; every reported number is their mean, with their standard deviation."""
 
 HEADER = """\
 # {method} on the VTAB-micro backbone over the VTAB-micro tasks, on a CPU.
 # Written by benchmarks/vtab_micro.py (edit LR_GROUPS or TRAIN there, not this file).
 # Options are the method's defaults; lr {lr} ({why}).
-# Run from the repository root:
-#   peft-atlas bench {config} --out {out}
+# Run from the repository root, for each seed N of the suite:
+#   peft-atlas bench {config} --seed N --out {out}
 """
 
 
@@ -101,6 +115,23 @@ def candidate_rates(method: str) -> list[float]:
     """The learning rates `--select-lr` tries for a method, lowest first (3 significant digits)."""
     centre, _ = group_rate(method)
     return [float(f"{centre * factor:.3g}") for factor in LR_FACTORS]
+
+
+def extension(scores: dict[float, float], added: int) -> float | None:
+    """The rate to try next when the best of `scores` is at an end of the grid, else None.
+
+    Args:
+        scores: val200 score of every rate tried so far.
+        added: How many rates were already added past the initial grid.
+    """
+    if added >= MAX_EXTENSIONS:
+        return None
+    best = choose(scores)
+    if best == max(scores):
+        return float(f"{best * LR_STEP:.3g}")
+    if best == min(scores):
+        return float(f"{best / LR_STEP:.3g}")
+    return None
 
 
 def read_selected(path: Path = SELECTED) -> dict[str, dict]:
@@ -155,6 +186,7 @@ def write_config(path: Path, method: str, tasks: list[str], out: Path, lr: float
     if lr is None:
         lr, why = learning_rate(method)
     header = HEADER.format(method=method, lr=lr, why=why, config=_relative(path), out=_relative(out))
+    header = header.replace("-seed0.json", "-seedN.json")
     text = header + yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=100)
     if not path.is_file() or path.read_text(encoding="utf-8") != text:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -169,9 +201,15 @@ def _relative(path: Path) -> str:
         return str(path)
 
 
-def run_bench(config: Path, out: Path, threads: int) -> bool:
-    """Run one config in its own process with `threads` torch threads; True if it succeeded."""
-    command = [sys.executable, "-m", "peft_atlas.bench.cli", _relative(config), "--out", _relative(out), "--quiet"]
+def measured_path(directory: Path, method: str, seed: int) -> Path:
+    """Where the run of one method with one seed is written."""
+    return directory / f"{method}-seed{seed}.json"
+
+
+def run_bench(config: Path, out: Path, threads: int, seed: int = 0) -> bool:
+    """Run one config with `seed` in its own process with `threads` torch threads; True if it succeeded."""
+    command = [sys.executable, "-m", "peft_atlas.bench.cli", _relative(config), "--seed", str(seed),
+               "--out", _relative(out), "--quiet"]
     began = time.perf_counter()
     done = subprocess.run(command, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
     print(f"{_relative(out)}: {time.perf_counter() - began:.0f} s" + ("" if done.returncode == 0 else " FAILED"),
@@ -180,44 +218,68 @@ def run_bench(config: Path, out: Path, threads: int) -> bool:
 
 
 def select_learning_rates(methods: list[str], tasks: list[str], jobs: int, threads: int) -> list[str]:
-    """Run every candidate rate of every method, record the choice, keep the winners' runs.
+    """Run the candidate rates of every method, record the choice, keep the winners' runs.
+
+    The first round runs each method's grid; every further round runs one more rate for each
+    method whose best rate so far is at an end of what it tried (see `extension`).
 
     Returns:
         The methods that failed.
     """
     from peft_atlas.bench.micro import micro_backbone_weights
 
-    work = []
-    for method in methods:
-        for lr in candidate_rates(method):
-            config, out = CANDIDATES / method / f"lr{lr:g}.yaml", CANDIDATES / method / f"lr{lr:g}.json"
-            write_config(config, method, tasks, out, lr, "a candidate of --select-lr")
-            work.append((method, lr, config, out))
     sha256 = micro_backbone_weights().sha256
+    tried: dict[str, dict[float, Path]] = {method: {} for method in methods}
+    scores: dict[str, dict[float, float]] = {method: {} for method in methods}
+    failed: set[str] = set()
+    pending = {method: candidate_rates(method) for method in methods}
+    while pending:
+        work = []
+        for method, rates in pending.items():
+            for lr in rates:
+                config, out = CANDIDATES / method / f"lr{lr:g}.yaml", CANDIDATES / method / f"lr{lr:g}.json"
+                write_config(config, method, tasks, out, lr, "a candidate of --select-lr")
+                work.append((method, lr, config, out))
 
-    def run_candidate(item: tuple) -> bool:
-        _, lr, config, out = item
-        if _done_before(out, lr, sha256):
-            print(f"{_relative(out)}: kept (same rate, same backbone)", flush=True)
-            return True
-        return run_bench(config, out, threads)
+        def run_candidate(item: tuple) -> bool:
+            _, lr, config, out = item
+            if _done_before(out, lr, sha256):
+                print(f"{_relative(out)}: kept (same rate, same backbone)", flush=True)
+                return True
+            return run_bench(config, out, threads)
 
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        succeeded = list(pool.map(run_candidate, work))
-    failed = sorted({method for (method, *_), ok in zip(work, succeeded) if not ok})
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            succeeded = list(pool.map(run_candidate, work))
+        for (method, lr, _, out), ok in zip(work, succeeded):
+            if not ok:
+                failed.add(method)
+                continue
+            tried[method][lr] = out
+            scores[method][lr] = round(val200_score(json.loads(out.read_text(encoding="utf-8"))), 3)
+        pending = {}
+        for method in methods:
+            if method in failed:
+                continue
+            following = extension(scores[method], len(scores[method]) - len(LR_FACTORS))
+            if following is not None:
+                print(f"{method}: best rate {choose(scores[method]):g} is at an end of the grid; trying {following:g}",
+                      flush=True)
+                pending[method] = [following]
+
     entries = read_selected()
     for method in methods:
         if method in failed:
             continue
-        runs = {lr: json.loads(out.read_text(encoding="utf-8")) for m, lr, _, out in work if m == method}
-        scores = {lr: round(val200_score(run), 3) for lr, run in runs.items()}
-        chosen = choose(scores)
-        entries[method] = {"chosen": chosen, "candidates": list(scores), "val200": scores}
-        _adopt(method, tasks, runs[chosen], CANDIDATES / method / f"lr{chosen:g}.json")
+        rates = sorted(scores[method])
+        chosen = choose(scores[method])
+        entries[method] = {"chosen": chosen, "candidates": rates, "val200": {lr: scores[method][lr] for lr in rates}}
+        _adopt(method, tasks, json.loads(tried[method][chosen].read_text(encoding="utf-8")), tried[method][chosen])
     document = {
         "criterion": "mean over the tasks of the val200 top-1 of the epoch each task's run selects; "
                      "a tie goes to the lower rate",
-        "grid": f"the rate of the method's group in LR_GROUPS times {', '.join(f'{f:.3g}' for f in LR_FACTORS)}",
+        "grid": f"the rate of the method's group in LR_GROUPS times {', '.join(f'{f:.3g}' for f in LR_FACTORS)}; "
+                f"while the best rate is at an end, one more rate {LR_STEP:g} times past that end "
+                f"(at most {MAX_EXTENSIONS} added)",
         "backbone_sha256": sha256,
         "command": shlex.join(["python", "benchmarks/vtab_micro.py", *sys.argv[1:]]),
         "methods": dict(sorted(entries.items())),
@@ -225,7 +287,7 @@ def select_learning_rates(methods: list[str], tasks: list[str], jobs: int, threa
     SELECTED.write_text("# Learning rates of VTAB-micro, chosen on val200. Written by benchmarks/vtab_micro.py "
                         "--select-lr.\n" + yaml.safe_dump(document, sort_keys=False, width=100), encoding="utf-8")
     print(f"wrote {_relative(SELECTED)}", flush=True)
-    return failed
+    return sorted(failed)
 
 
 def _done_before(out: Path, lr: float, sha256: str) -> bool:
@@ -234,6 +296,18 @@ def _done_before(out: Path, lr: float, sha256: str) -> bool:
         return False
     run = json.loads(out.read_text(encoding="utf-8"))
     return run["config"]["train"]["lr"] == lr and (run.get("backbone_weights") or {}).get("sha256") == sha256
+
+
+def _up_to_date(out: Path, config: Path, seed: int, sha256: str) -> bool:
+    """Whether `out` already holds a run of `config` with `seed` on this backbone (the suite resumes)."""
+    from peft_atlas.bench.config import load_config, with_overrides
+    from peft_atlas.bench.runner import resolve_config
+
+    if not out.is_file():
+        return False
+    run = json.loads(out.read_text(encoding="utf-8"))
+    expected = resolve_config(with_overrides(load_config(config), seed=seed)).model_dump(mode="json")
+    return run["config"] == expected and (run.get("backbone_weights") or {}).get("sha256") == sha256
 
 
 def _adopt(method: str, tasks: list[str], run: dict, candidate: Path) -> None:
@@ -246,7 +320,7 @@ def _adopt(method: str, tasks: list[str], run: dict, candidate: Path) -> None:
     from peft_atlas.bench.config import load_config
     from peft_atlas.bench.runner import resolve_config
 
-    config, out = CONFIGS / method / "micro.yaml", MEASURED / f"{method}.json"
+    config, out = CONFIGS / method / "micro.yaml", measured_path(MEASURED, method, 0)
     lr = run["config"]["train"]["lr"]
     write_config(config, method, tasks, out, lr, f"chosen on val200, see {SELECTED.name}")
     committed = resolve_config(load_config(config)).model_dump(mode="json")
@@ -269,7 +343,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", nargs="+", metavar="METHOD", help="default: every registered method")
     parser.add_argument("--tasks", nargs="+", metavar="TASK", help=f"default: all ({', '.join(MICRO_TASKS)})")
     parser.add_argument("--select-lr", action="store_true", help="choose each method's learning rate on val200 first")
-    parser.add_argument("--jobs", type=int, default=1, help="methods run at once (each with cores/jobs threads)")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at once (each with cores/jobs threads)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS), metavar="SEED",
+                        help=f"default: {' '.join(map(str, SEEDS))}")
     args = parser.parse_args(argv)
     methods = args.methods or ri.list_methods()
     tasks = args.tasks or list(MICRO_TASKS)
@@ -286,20 +362,23 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     weights = micro_backbone_weights(quiet=False)
     print(f"backbone: {weights.path} ({weights.origin}, sha256 {weights.sha256[:12]})", flush=True)
-    if args.select_lr:
-        failed = select_learning_rates(methods, tasks, jobs, threads)
-    else:
-        work = []
-        for method in methods:
-            if full_suite:
-                config, out = CONFIGS / method / "micro.yaml", MEASURED / f"{method}.json"
+    failed = select_learning_rates(methods, tasks, jobs, threads) if args.select_lr else []
+    work = []
+    for method in (m for m in methods if m not in failed):
+        if full_suite:
+            config, directory = CONFIGS / method / "micro.yaml", MEASURED
+        else:
+            config, directory = PARTIAL / "configs" / f"{method}.yaml", PARTIAL / "measured"
+        write_config(config, method, tasks, measured_path(directory, method, 0))
+        for seed in args.seeds:
+            out = measured_path(directory, method, seed)
+            if _up_to_date(out, config, seed, weights.sha256):
+                print(f"{_relative(out)}: kept (same config, seed and backbone)", flush=True)
             else:
-                config, out = PARTIAL / "configs" / f"{method}.yaml", PARTIAL / "measured" / f"{method}.json"
-            write_config(config, method, tasks, out)
-            work.append((method, config, out))
-        with ThreadPoolExecutor(max_workers=jobs) as pool:
-            succeeded = list(pool.map(lambda item: run_bench(item[1], item[2], threads), work))
-        failed = [method for (method, *_), ok in zip(work, succeeded) if not ok]
+                work.append((method, config, out, seed))
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        succeeded = list(pool.map(lambda item: run_bench(item[1], item[2], threads, item[3]), work))
+    failed = sorted(set(failed) | {method for (method, *_), ok in zip(work, succeeded) if not ok})
     print(f"{len(methods)} methods x {len(tasks)} tasks in {time.perf_counter() - started:.0f} s"
           + (f"; failed: {', '.join(failed)}" if failed else ""), flush=True)
     return 1 if failed else 0

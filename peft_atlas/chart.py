@@ -20,6 +20,7 @@ class Point:
     accuracy: float
     kind: str = "reported"      # reported | reproduced
     detail: str = ""            # shown on hover
+    spread: float | None = None  # standard deviation over seeds, drawn as a bar of ±spread
 
 
 def _ticks(low: float, high: float) -> list[float]:
@@ -47,8 +48,8 @@ def scatter_svg(points: list[Point], title: str, y_label: str = "mean top-1 accu
     log_high = math.ceil(math.log10(max(p.params_m for p in points)))
     if log_high == log_low:
         log_high += 1
-    y_low = math.floor(min(p.accuracy for p in points) - 1)
-    y_high = math.ceil(max(p.accuracy for p in points) + 1)
+    y_low = math.floor(min(p.accuracy - (p.spread or 0) for p in points) - 1)
+    y_high = math.ceil(max(p.accuracy + (p.spread or 0) for p in points) + 1)
 
     def x_of(params: float) -> float:
         share = (math.log10(params) - log_low) / (log_high - log_low)
@@ -75,14 +76,21 @@ def scatter_svg(points: list[Point], title: str, y_label: str = "mean top-1 accu
                f'text-anchor="middle">{escape(y_label)}</text>')
     for point in points:
         x, y = x_of(point.params_m), y_of(point.accuracy)
-        tip = escape(f"{point.label}: {point.accuracy:g}% at {point.params_m:g}M ({point.kind})"
+        tip = escape(f"{point.label}: {point.accuracy:g}%"
+                     + (f" ± {point.spread:.2g}" if point.spread is not None else "")
+                     + f" at {point.params_m:g}M ({point.kind})"
                      + (f" — {point.detail}" if point.detail else ""))
+        bar = ""
+        if point.spread:
+            top, bottom = y_of(point.accuracy + point.spread), y_of(point.accuracy - point.spread)
+            bar = (f'<path class="spread" d="M{x:.1f} {top:.1f} V{bottom:.1f} M{x - 3:.1f} {top:.1f} '
+                   f'H{x + 3:.1f} M{x - 3:.1f} {bottom:.1f} H{x + 3:.1f}"/>')
         if MARKERS.get(point.kind) == "diamond":
             shape = (f'<path class="point {point.kind}" d="M{x:.1f} {y - 6:.1f} L{x + 6:.1f} {y:.1f} '
                      f'L{x:.1f} {y + 6:.1f} L{x - 6:.1f} {y:.1f} Z"/>')
         else:
             shape = f'<circle class="point {point.kind}" cx="{x:.1f}" cy="{y:.1f}" r="4.5"/>'
-        out.append(f'<g><title>{tip}</title>{shape}'
+        out.append(f'<g><title>{tip}</title>{bar}{shape}'
                    f'<text class="label" x="{x + 7:.1f}" y="{y - 6:.1f}">{escape(point.label)}</text></g>')
     out.append("</svg>")
     return "".join(out)

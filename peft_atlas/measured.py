@@ -7,7 +7,7 @@ definition: the harness writes [`MeasuredRun`][peft_atlas.measured.MeasuredRun] 
 [`load_measured_runs`][peft_atlas.measured.load_measured_runs]. It needs no torch.
 
 Every `*.json` file in a sub-folder of `benchmarks/measured/` is a measured run
-(`benchmarks/measured/<method>/<variant>-seed<N>.json`, `benchmarks/measured/vtab-micro/<method>.json`);
+(`benchmarks/measured/<method>/<variant>-seed<N>.json`, `benchmarks/measured/vtab-micro/<method>-seed<N>.json`);
 files directly in `benchmarks/measured/` (such as `efficiency.json`) have formats of their own.
 """
 

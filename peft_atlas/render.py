@@ -20,6 +20,7 @@ from .chart import Point, scatter_svg
 from .fidelity import PROXY_FOR, proxy_fidelity
 from .kb import KnowledgeBase, LoadedRow
 from .mathml import MATH_IN_MARKDOWN
+from .spread import aggregate_seeds, mark_ties
 
 TEMPLATES = Path(__file__).parent / "templates"
 CONVENTION_LABELS = {
@@ -71,6 +72,11 @@ def number(value: float | None, digits: int = 1) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
 
 
+def spread(value: float | None, digits: int = 2) -> str:
+    """A standard deviation printed after its mean (`` ± 0.42``), or nothing when there is none."""
+    return "" if value is None else f" ± {value:.{digits}f}"
+
+
 def params(value: float | None) -> str:
     """Trainable parameters in millions, with the precision the sources print."""
     if value is None:
@@ -94,7 +100,7 @@ def make_environment() -> Environment:
                       autoescape=True, keep_trailing_newline=True, trim_blocks=True,
                       lstrip_blocks=True)
     env.filters.update(md=markdown_text, cell=cell, code_cell=code_cell, number=number, params=params, fenced=fenced,
-                       rank=rank, lookup=lambda ids, table: [table.get(i, i) for i in ids])
+                       rank=rank, spread=spread, lookup=lambda ids, table: [table.get(i, i) for i in ids])
     env.globals.update(relative=relative, api_page=api_page, conventions=CONVENTION_LABELS, selections=SELECTION_LABELS)
     return env
 
@@ -146,7 +152,8 @@ def render_pages(kb: KnowledgeBase, extra: dict | None = None) -> dict[str, str]
     """
     env = make_environment()
     extra = extra or {}
-    measured = measured_rows(kb)
+    # One row per configuration: the mean and spread over its seeds.
+    measured = aggregate_seeds(measured_rows(kb))
     assert kb.categories is not None
     categories = kb.categories
     methods_by_subtype: dict[tuple[str, str], list] = defaultdict(list)
@@ -197,7 +204,7 @@ def render_pages(kb: KnowledgeBase, extra: dict | None = None) -> dict[str, str]
     for benchmark in kb.benchmarks.values():
         rows = results_by_benchmark.get(benchmark.id, [])
         reproduced = [dict(r, method=implemented_as.get(r["impl"]))
-                      for r in measured if r["benchmark"] == benchmark.id]
+                      for r in mark_ties([r for r in measured if r["benchmark"] == benchmark.id])]
         if not rows and not reproduced:
             continue
         path = f"results/{benchmark.id}.md"
@@ -234,9 +241,11 @@ def _chart(benchmark_name: str, rows: list[dict], reproduced: list[dict]) -> str
                     detail=f"{item['row'].source.bib}, {item['row'].source.table}; "
                            f"{CONVENTION_LABELS[item['row'].protocol.mean_convention]}")
               for item in rows if item["row"].mean is not None and item["row"].params_m]
-    # Reproduced rows are plotted with the mean of group means, the convention most tables use.
+    # Reproduced rows are plotted with the mean of group means, the convention most tables use,
+    # averaged over the seeds, with a bar of ± their standard deviation.
     points += [Point(label=r["impl"], params_m=r["trainable"] / 1e6, accuracy=r["mean_of_group_means"],
-                     kind="reproduced", detail=f"{r['file']}; mean of group means")
+                     kind="reproduced", spread=r["mean_of_group_means_std"],
+                     detail=f"mean of group means over seeds {', '.join(map(str, r['seeds']))}")
                for r in reproduced if r["trainable"]]
     return scatter_svg(points, f"{benchmark_name}: mean accuracy against trainable parameters")
 
@@ -312,7 +321,8 @@ def measured_rows(kb: KnowledgeBase) -> list[dict]:
 
     Each row: benchmark id, implementation name, variant, per-task top-1, group means, both
     mean conventions, trainable parameters (of the first task), selection rule, command,
-    measured file and a short provenance summary.
+    measured file, a short provenance summary and ``config_key`` (the configuration without its
+    seed, which ``spread.aggregate_seeds`` groups by).
     """
     rows = []
     for loaded in kb.measured:
@@ -333,6 +343,9 @@ def measured_rows(kb: KnowledgeBase) -> list[dict]:
             "seed": run.seed,
             "lr": getattr(run.config.train, "lr", None),
             "backbone_sha256": run.backbone_weights.sha256 if run.backbone_weights else None,
+            # The configuration without its seed: rows with equal keys are seeds of one result.
+            "config_key": json.dumps({k: v for k, v in run.config.model_dump(mode="json").items() if k != "seed"},
+                                     sort_keys=True),
             "wall_time_s": run.wall_time_s,
             "git_commit": run.git.commit,
             "versions": run.versions,

@@ -243,6 +243,25 @@ def test_learning_rates_are_chosen_on_val200_only() -> None:
     assert suite.choose({0.003: 63.5, 0.01: 63.5, 0.03: 62.0}) == 0.003  # a tie goes to the lower rate
 
 
+def test_the_grid_grows_past_an_end_that_holds_the_best_rate() -> None:
+    suite = _suite()
+    assert suite.extension({0.003: 61.0, 0.01: 63.5, 0.03: 62.0}, added=0) is None  # interior optimum
+    assert suite.extension({0.003: 61.0, 0.01: 62.0, 0.03: 63.0}, added=0) == 0.09
+    assert suite.extension({0.003: 64.0, 0.01: 62.0, 0.03: 63.0}, added=1) == 0.001
+    assert suite.extension({0.003: 61.0, 0.01: 62.0, 0.03: 63.0}, added=suite.MAX_EXTENSIONS) is None
+
+
+def test_every_committed_micro_result_has_every_seed_of_the_suite() -> None:
+    suite = _suite()
+    seeds: dict[str, set[int]] = {}
+    for path in sorted(suite.MEASURED.glob("*.json")):
+        run = json.loads(path.read_text())
+        assert path.name == f"{run['method']}-seed{run['seed']}.json", f"{path.name}: seed {run['seed']}"
+        seeds.setdefault(run["method"], set()).add(run["seed"])
+    assert seeds and all(found >= set(suite.SEEDS) for found in seeds.values()), {
+        method: sorted(found) for method, found in seeds.items() if not found >= set(suite.SEEDS)}
+
+
 def test_committed_runs_use_the_learning_rate_chosen_for_them() -> None:
     suite = _suite()
     selected = suite.read_selected()

@@ -96,8 +96,11 @@ def test_reproduced_rows_are_shown_beside_reported_ones(mini_kb):
 
     results = mini_kb / "benchmarks/measured/lora"
     results.mkdir(parents=True)
-    document = measured_run_document("lora", tasks={t: "natural" for t in TASKS})
-    (results / "default-seed0.json").write_text(json.dumps(document), encoding="utf-8")
+    for seed, top1 in ((0, 50.0), (1, 54.0)):
+        document = measured_run_document("lora", tasks={t: "natural" for t in TASKS}, top1=top1)
+        document["seed"] = document["config"]["seed"] = seed
+        document["command"] += f" --seed {seed}"
+        (results / f"default-seed{seed}.json").write_text(json.dumps(document), encoding="utf-8")
     lora = mini_kb / "taxonomy/methods/lora.yaml"
     lora.write_text(lora.read_text() + "impl: lora\n")
     (mini_kb / "reference_impls").mkdir()
@@ -107,10 +110,15 @@ def test_reproduced_rows_are_shown_beside_reported_ones(mini_kb):
     pages = render_pages(kb, load_generated_data(mini_kb))
     page = pages["results/vtab-1k.md"]
     assert "## Reported results" in page and "## Reproduced by this repository" in page
-    assert "`peft-atlas bench benchmarks/experiments/lora/default.yaml --data-root /data`" in page
-    assert "benchmarks/measured/lora/default-seed0.json" in page and "selected on val200" in page
-    assert 'class="point reproduced"' in page and 'class="point reported"' in page
-    assert "default-seed0" in pages["methods/lora.md"]
+    # Two seeds make one row: their mean, with the sample standard deviation (of 50 and 54: 2.83).
+    for seed in (0, 1):
+        assert f"`peft-atlas bench benchmarks/experiments/lora/default.yaml --data-root /data --seed {seed}`" in page
+        assert f"benchmarks/measured/lora/default-seed{seed}.json" in page
+    assert "| 1 | [LoRA](../methods/lora.md) | default | 2 |" in page and "52.00 ± 2.83" in page
+    assert "selected on val200" in page
+    assert 'class="point reproduced"' in page and 'class="point reported"' in page and 'class="spread"' in page
+    card = pages["methods/lora.md"]
+    assert "| default | 2 | 52.00 ± 2.83 | 52.00 ± 2.83 |" in card and "--data-root /data --seed 1`" in card
 
 
 def test_generation_scaling_benchmark_runs_on_a_valid_synthetic_knowledge_base():

@@ -19,7 +19,7 @@ from ..measured import (FORMAT, FORMAT_VERSION, BackboneWeightsRecord, GitState,
 from .config import BackboneConfig, ExperimentConfig
 from .micro import file_sha256, micro_backbone_weights
 
-__all__ = ["environment", "protocol", "summarize", "write_results"]
+__all__ = ["cpu_model", "environment", "protocol", "summarize", "write_results"]
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 
@@ -97,7 +97,8 @@ def protocol(config: ExperimentConfig, task_results: list[TaskRecord]) -> dict[s
     }
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name as /proc/cpuinfo gives it (the processor type where there is none)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -124,7 +125,7 @@ def environment() -> dict[str, Any]:
     status = _git("status", "--porcelain") if commit else None
     return {
         "hardware": {
-            "cpu": _cpu_model(),
+            "cpu": cpu_model(),
             "cpu_cores": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
             "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,

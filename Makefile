@@ -24,7 +24,7 @@ $(VENV)/.docs-installed: pyproject.toml | $(VENV)/bin/python
 # and the packages whose bundled images VTAB-micro uses.
 $(VENV)/.test-installed: pyproject.toml | $(VENV)/bin/python
 	$(PIP) install "torch==2.14.1" "torchvision==0.29.1"
-	$(PIP) install -e ".[docs,impls,dev,bench]"
+	$(PIP) install -e ".[docs,impls,dev,bench,vlm]"
 	touch $@
 
 ## Create .venv and install the docs toolchain (no torch).

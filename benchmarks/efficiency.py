@@ -424,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import reference_impls as ri
 
-    registered = ri.list_methods()
+    registered = ri.list_methods(backbone="vit")
     unclassified = [name for name in registered if name not in FORWARD or name not in GRADIENT]
     if unclassified:
         print(f"classify in FORWARD and GRADIENT first: {', '.join(unclassified)}", file=sys.stderr)

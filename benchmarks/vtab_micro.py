@@ -347,11 +347,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS), metavar="SEED",
                         help=f"default: {' '.join(map(str, SEEDS))}")
     args = parser.parse_args(argv)
-    methods = args.methods or ri.list_methods()
+    registered = ri.list_methods(backbone="vit")  # VTAB-micro runs on a ViT
+    methods = args.methods or registered
     tasks = args.tasks or list(MICRO_TASKS)
-    unknown = [m for m in methods if m not in ri.list_methods()] + [t for t in tasks if t not in MICRO_TASKS]
+    unknown = [m for m in methods if m not in registered] + [t for t in tasks if t not in MICRO_TASKS]
     if unknown:
-        parser.error(f"unknown method or task: {', '.join(unknown)}; methods: {', '.join(ri.list_methods())}; "
+        parser.error(f"unknown method or task: {', '.join(unknown)}; methods: {', '.join(registered)}; "
                      f"tasks: {', '.join(MICRO_TASKS)}")
     full_suite = set(tasks) == set(MICRO_TASKS)
     if args.select_lr and not full_suite:

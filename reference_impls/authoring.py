@@ -19,6 +19,7 @@ from timm.layers import quick_gelu
 from .api import PREFIX
 from .backbone import NORM_TYPES, factory_kwargs, head_modules, replace_module
 from .registry import (
+    ClassNames,
     Dropout,
     MethodConfig,
     NonNegativeInt,
@@ -34,6 +35,7 @@ from .wrappers import MergeableWrapper, WeightUpdateWrapper, Wrapper
 
 __all__ = [
     "ACTIVATIONS",
+    "ClassNames",
     "Dropout",
     "MergeableWrapper",
     "MethodConfig",

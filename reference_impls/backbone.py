@@ -43,7 +43,13 @@ def check_vit(model: nn.Module) -> None:
         )
 
 
-BACKBONE_CHECKS = {"vit": check_vit}
+def _check_clip(model: nn.Module) -> None:
+    from .clip import check_clip
+
+    check_clip(model)
+
+
+BACKBONE_CHECKS = {"vit": check_vit, "clip": _check_clip}
 """The check of each kind of backbone a method can declare in `register(..., backbone=...)`."""
 
 
@@ -77,13 +83,22 @@ def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
 
 
 def backbone_signature(model: nn.Module) -> dict[str, Any]:
-    """Describe the backbone an adapter was trained on.
+    """Describe the backbone an adapter was trained on (for a CLIP model: both towers' sizes).
 
     Returns:
         `architecture` (timm's pretrained-config name, else the class name), `embed_dim`,
         `depth`, `num_prefix_tokens` and `num_classes`.
     """
     cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
+    if hasattr(model, "token_embedding") and hasattr(model, "visual"):  # a CLIP model: both towers
+        return {
+            "architecture": type(model).__name__,
+            "embed_dim": int(model.text_projection.shape[-1]) if hasattr(model, "text_projection") else -1,
+            "text_width": int(model.token_embedding.weight.shape[1]),
+            "context_length": int(model.positional_embedding.shape[0]),
+            "vision_width": int(getattr(getattr(model.visual, "conv1", None), "out_channels", -1)),
+            "vision_depth": len(getattr(getattr(model.visual, "transformer", None), "resblocks", ())),
+        }
     return {
         "architecture": cfg.get("architecture") or type(model).__name__,
         "embed_dim": int(getattr(model, "embed_dim", -1)),

@@ -93,8 +93,8 @@ def compute() -> dict[str, Any]:
     """Counts of every registered method: its defaults, then its extra configurations; and the
     counts of every preset, by method (methods without presets are left out)."""
     methods = {name: [count(name, kwargs) for kwargs in [{}] + EXTRA_CONFIGS.get(name, [])]
-               for name in registry.list_methods()}
-    presets = {name: count_presets(name) for name in registry.list_methods() if registry.list_presets(name)}
+               for name in registry.list_methods(backbone="vit")}
+    presets = {name: count_presets(name) for name in registry.list_methods(backbone="vit") if registry.list_presets(name)}
     return {"methods": methods, "presets": presets}
 
 

@@ -23,6 +23,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 __all__ = [
+    "ClassNames",
     "Dropout",
     "MethodConfig",
     "MethodSpec",
@@ -58,6 +59,9 @@ Dropout = Annotated[float, Field(ge=0.0, lt=1.0)]
 
 Targets = Annotated[tuple[str, ...], Field(min_length=1)]
 """Names of the layers a method acts on in every block (at least one)."""
+
+ClassNames = Annotated[tuple[Annotated[str, Field(min_length=1)], ...], Field(min_length=1)]
+"""The class names a vision-language method classifies into (at least one; none empty)."""
 
 
 def _lists_to_tuples(value: Any) -> Any:
@@ -203,9 +207,14 @@ def register(
     )
 
 
-def list_methods() -> list[str]:
-    """Return the sorted names of all registered methods."""
-    return sorted(_REGISTRY)
+def list_methods(backbone: str | None = None) -> list[str]:
+    """Return the sorted names of the registered methods.
+
+    Args:
+        backbone: Only the methods acting on this kind of model (`"vit"`: timm vision
+            transformers, `"clip"`: open_clip CLIP models); all when None.
+    """
+    return sorted(name for name, spec in _REGISTRY.items() if backbone is None or spec.backbone == backbone)
 
 
 def get_spec(name: str) -> MethodSpec:

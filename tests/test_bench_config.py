@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 EXPERIMENTS = REPO / "benchmarks" / "experiments"
 
 
-@pytest.mark.parametrize("method", ri.list_methods())
+@pytest.mark.parametrize("method", ri.list_methods(backbone="vit"))
 def test_every_method_has_a_default_config(method: str) -> None:
     path = EXPERIMENTS / method / "default.yaml"
     assert path.is_file(), f"{path} is missing: run benchmarks/experiments/make_defaults.py"
@@ -40,7 +40,12 @@ def _error(tmp_path: Path, config: dict) -> str:
 def test_unknown_method_lists_valid_ones(tmp_path: Path) -> None:
     message = _error(tmp_path, tiny_config(None, method={"name": "lorra"}))
     assert "bad.yaml:" in message and "method.name" in message and "'lorra'" in message
-    assert all(name in message for name in ri.list_methods())
+    assert all(name in message for name in ri.list_methods(backbone="vit"))
+
+
+def test_a_vision_language_method_is_refused_saying_why(tmp_path: Path) -> None:
+    message = _error(tmp_path, tiny_config(None, method={"name": "coop"}))
+    assert "method.name" in message and "'coop' acts on clip models" in message and "timm vision transformers" in message
 
 
 def test_unknown_field_names_file_field_and_valid_fields(tmp_path: Path) -> None:

@@ -49,7 +49,7 @@ def render(method: str) -> str:
 
 def main() -> None:
     """Write the missing default configs and say which ones were written."""
-    for method in ri.list_methods():
+    for method in ri.list_methods(backbone="vit"):
         path = HERE / method / "default.yaml"
         if path.exists():
             continue

@@ -70,8 +70,12 @@ class MethodConfig(_Section):
         # Imported here: the registry needs torch, the rest of the schema does not.
         import reference_impls as ri
 
-        if name not in ri.list_methods():
-            raise ValueError(f"unknown method {name!r}; valid methods: {', '.join(ri.list_methods())}")
+        valid = ri.list_methods(backbone="vit")
+        if name in ri.list_methods() and name not in valid:
+            raise ValueError(f"method {name!r} acts on {ri.get_spec(name).backbone} models; the harness trains "
+                             f"timm vision transformers (valid methods: {', '.join(valid)})")
+        if name not in valid:
+            raise ValueError(f"unknown method {name!r}; valid methods: {', '.join(valid)}")
         return name
 
     @field_validator("options")

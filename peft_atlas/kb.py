@@ -20,7 +20,7 @@ from .bib import BibEntry, parse_bib_file
 from .mathml import math_problems
 from .measured import LoadedRun, load_measured_runs
 from .problems import Problem, validate_model
-from .schema import (Benchmark, BenchmarksFile, CategoriesFile, Method, ResultRow,
+from .schema import (BaseNovel, Benchmark, BenchmarksFile, CategoriesFile, Method, ResultRow,
                      ResultsFile)
 from .yamlio import LocatedYaml, load_yaml
 
@@ -32,6 +32,8 @@ MEAN_TOLERANCE = 0.11
 _REGISTER_CALL = re.compile(r"""^register\(\s*["']([a-z0-9-]+)["'](.*?)\)\s*$""", re.M | re.S)
 # A method that chooses what to tune from data registers a prepare step: register(..., prepare=fn).
 _PREPARE_ARGUMENT = re.compile(r"\bprepare\s*=")
+# A vision-language method acts on open_clip CLIP models: register(..., backbone="clip").
+_CLIP_ARGUMENT = re.compile(r"""\bbackbone\s*=\s*["']clip["']""")
 
 
 @dataclass
@@ -62,6 +64,8 @@ class KnowledgeBase:
             (``reference_impls.methods.lora``).
         data_driven_impls: The registered names whose method chooses what to tune from the
             training data (registered with a ``prepare`` step).
+        clip_impls: The registered names that act on open_clip CLIP models (vision-language
+            methods, registered with ``backbone="clip"``).
         presets: Preset names of each registered implementation (from
             reference_impls/param_counts.json); None when that file is missing.
     """
@@ -76,6 +80,7 @@ class KnowledgeBase:
     bib: dict[str, BibEntry] = field(default_factory=dict)
     impls: dict[str, str] = field(default_factory=dict)
     data_driven_impls: set[str] = field(default_factory=set)
+    clip_impls: set[str] = field(default_factory=set)
     presets: dict[str, list[str]] | None = None
     # Ids of method files that exist but failed validation: not reported again as dangling.
     invalid_method_ids: set[str] = field(default_factory=set)
@@ -94,6 +99,10 @@ _HINTS = {
     ("string_pattern_mismatch", "name"): "expected a plain name without '<' or '>'",
     ("string_pattern_mismatch", "full_name"): "expected a plain name without '<' or '>'",
     ("string_pattern_mismatch", "preset"): "expected a preset name like 'vtab-1k', 'vtab-1k/dtd' or 'vtab-1k-tk/*'",
+    ("missing", "base"): "missing required field 'base' (expected the accuracy on the base classes, "
+                         "e.g. {base: 80.1, novel: 70.2, hm: 74.82})",
+    ("missing", "novel"): "missing required field 'novel' (expected the accuracy on the novel classes, "
+                          "e.g. {base: 80.1, novel: 70.2, hm: 74.82})",
 }
 
 
@@ -112,11 +121,13 @@ def _read(path: Path, root: Path) -> tuple[LocatedYaml | None, list[Problem]]:
     return load_yaml(text, rel)
 
 
-def scan_impl_names(root: Path) -> tuple[dict[str, str], set[str]]:
-    """Names registered in reference_impls with their modules, and the names registered with a
-    ``prepare`` step, found without importing it (the docs toolchain has no torch)."""
+def scan_impl_names(root: Path) -> tuple[dict[str, str], set[str], set[str]]:
+    """Names registered in reference_impls with their modules, the names registered with a
+    ``prepare`` step, and the names acting on CLIP models, found without importing it (the docs
+    toolchain has no torch)."""
     names: dict[str, str] = {}
     data_driven: set[str] = set()
+    clip: set[str] = set()
     package = root / "reference_impls"
     if package.is_dir():
         for path in sorted(package.rglob("*.py")):
@@ -127,7 +138,9 @@ def scan_impl_names(root: Path) -> tuple[dict[str, str], set[str]]:
                 names[name] = module
                 if _PREPARE_ARGUMENT.search(arguments):
                     data_driven.add(name)
-    return names, data_driven
+                if _CLIP_ARGUMENT.search(arguments):
+                    clip.add(name)
+    return names, data_driven, clip
 
 
 PARAM_COUNTS = "reference_impls/param_counts.json"
@@ -211,7 +224,7 @@ def load(root: Path | str, check_math: bool = True) -> tuple[KnowledgeBase, list
             kb.bib[entry.key] = entry
     kb.bib = dict(sorted(kb.bib.items()))
 
-    kb.impls, kb.data_driven_impls = scan_impl_names(root)
+    kb.impls, kb.data_driven_impls, kb.clip_impls = scan_impl_names(root)
     kb.presets, found = read_preset_names(root, kb.bib)
     problems.extend(found)
 
@@ -322,9 +335,15 @@ def _check_results(kb: KnowledgeBase, files: list[tuple[ResultsFile, LocatedYaml
             if row.source.bib not in kb.bib:
                 problem(("source", "bib"), f"unknown bib key '{row.source.bib}' "
                                            f"(expected a file bib/{row.source.bib}.bib)")
-            if not (row.per_task or row.group_means or row.mean is not None):
+            if benchmark is not None and benchmark.kind == "base-to-novel":
+                _check_base_novel_row(row, benchmark, problem)
+            elif not (row.per_task or row.group_means or row.mean is not None):
                 problem(("per_task",), "a row needs at least one of per_task, group_means or mean")
-            if benchmark is not None:
+            if benchmark is not None and benchmark.kind != "base-to-novel":
+                for name in ("base_novel", "base_novel_mean"):
+                    if getattr(row, name):
+                        problem((name,), f"{name} is only for base-to-novel benchmarks "
+                                         f"({benchmark.id} rows give per_task accuracies)")
                 _check_row_numbers(row, benchmark, problem)
             _check_row_preset(kb, row, benchmark, problem)
     return problems
@@ -441,3 +460,156 @@ def _check_row_numbers(row: ResultRow, benchmark: Benchmark, problem) -> None:
         problem(("mean",), f"printed mean {row.mean} disagrees with the {convention} "
                            f"({expected:.2f}); is the convention {other}?")
 
+
+# ---------------------------------------------------------------- base-to-novel rows
+
+def harmonic_mean(base: float, novel: float) -> float:
+    """2 * base * novel / (base + novel): the score base-to-novel tables print as HM (H)."""
+    total = base + novel
+    return 2 * base * novel / total if total else 0.0
+
+
+def harmonic_mean_tolerance(base: float, novel: float, decimals: int) -> float:
+    """How far a harmonic mean recomputed from printed accuracies may be from the printed one.
+
+    With printed values rounded to ``decimals`` digits, each is within ``u = 0.5 * 10**-decimals``
+    of the value the source computed with. The printed harmonic mean is the rounded harmonic mean
+    of the unrounded base b and novel n, so it is within u of it. Recomputing it from the rounded
+    b and n moves it by at most u * (dH/db + dH/dn) = u * 2 (b^2 + n^2) / (b + n)^2, a factor
+    between 1 (b = n) and 2 (H is concave and increasing in both, so this first-order bound holds
+    up to second-order terms of order u^2 / (b + n), far below the printed precision; 1e-6 covers
+    them and float error). The two add up: at two decimals the allowed difference is 0.010 for
+    b = n and approaches 0.015 when one accuracy is far above the other.
+    """
+    unit = 0.5 * 10.0 ** -decimals
+    total = base + novel
+    slope = 2 * (base * base + novel * novel) / (total * total) if total else 2.0
+    return unit + unit * slope + 1e-6
+
+
+def average_tolerance(decimals: int) -> float:
+    """How far a printed average may be from the mean of the printed per-task values: each
+    printed value is within half a unit of the last digit, so is their mean, and the printed
+    average adds its own half unit (1e-6 covers float error)."""
+    return 10.0 ** -decimals + 1e-6
+
+
+@dataclass(frozen=True)
+class BaseNovelMismatch:
+    """A printed number of a base-to-novel row that its own printed numbers contradict.
+
+    Attributes:
+        task: Task id, or None for the printed average over the tasks.
+        field: ``hm``, ``base`` or ``novel`` (the last two only for the average).
+        printed: The number as printed.
+        recomputed: What the row's other printed numbers give.
+        tolerance: The difference rounding alone can explain.
+        hint: Extra words for the message (another convention that would explain the number).
+    """
+
+    task: str | None
+    field: str
+    printed: float
+    recomputed: float
+    tolerance: float
+    hint: str = ""
+
+    def message(self, decimals: int) -> str:
+        where = f"of {self.task}" if self.task else "of the average"
+        allowed = f"differences up to {self.tolerance:.{decimals + 1}f} are rounding"
+        if self.field == "hm":
+            basis = ("the harmonic mean of its printed base and novel" if self.task else
+                     "the harmonic mean of the printed average base and novel")
+        else:
+            basis = f"the mean of the printed {self.field} accuracies of the tasks"
+        name = "HM" if self.field == "hm" else self.field
+        return (f"printed {name} {self.printed:.{decimals}f} {where} disagrees with {basis} "
+                f"({self.recomputed:.{decimals + 1}f}; {allowed}){self.hint}")
+
+
+def base_novel_mismatches(row: ResultRow, benchmark: Benchmark) -> list[BaseNovelMismatch]:
+    """The printed harmonic means and averages of a base-to-novel row that its printed base and
+    novel accuracies contradict beyond rounding (at the row's printed ``decimals``).
+
+    Each task's HM is recomputed from its base and novel; the printed average base and novel are
+    compared with the means over the tasks (when every task is printed), and the printed average
+    HM with the harmonic mean of the printed average base and novel, the convention of the
+    benchmark's tables.
+    """
+    found: list[BaseNovelMismatch] = []
+    decimals = row.decimals
+
+    def check_hm(task: str | None, values: BaseNovel, hint: str = "") -> None:
+        if values.hm is None:
+            return
+        recomputed = harmonic_mean(values.base, values.novel)
+        tolerance = harmonic_mean_tolerance(values.base, values.novel, decimals)
+        if abs(recomputed - values.hm) > tolerance:
+            found.append(BaseNovelMismatch(task, "hm", values.hm, recomputed, tolerance, hint))
+
+    task_ids = benchmark.task_ids()
+    for task in task_ids:
+        if task in row.base_novel:
+            check_hm(task, row.base_novel[task])
+    average = row.base_novel_mean
+    if average is None:
+        return found
+    complete = [row.base_novel[t] for t in task_ids if t in row.base_novel]
+    if len(complete) == len(task_ids):
+        for field in ("base", "novel"):
+            mean = fmean(getattr(v, field) for v in complete)
+            printed = getattr(average, field)
+            if abs(mean - printed) > average_tolerance(decimals):
+                found.append(BaseNovelMismatch(None, field, printed, mean, average_tolerance(decimals)))
+    hint = ""
+    if average.hm is not None and len(complete) == len(task_ids) and all(v.hm is not None for v in complete):
+        mean_of_hms = fmean(v.hm for v in complete)  # type: ignore[misc]
+        if abs(mean_of_hms - average.hm) <= average_tolerance(decimals):
+            hint = (f"; it equals the mean of the printed per-task HMs ({mean_of_hms:.{decimals}f}), "
+                    "a different averaging convention")
+    check_hm(None, average, hint)
+    return found
+
+
+def _check_base_novel_row(row: ResultRow, benchmark: Benchmark, problem) -> None:
+    """A base-to-novel row: every task with base and novel accuracies, the printed average, and
+    printed harmonic means and averages that agree with the printed accuracies."""
+    task_ids = benchmark.task_ids()
+    for name in ("per_task", "group_means", "mean"):
+        if getattr(row, name):
+            problem((name,), f"{benchmark.id} is a base-to-novel benchmark: give base_novel "
+                             f"({{task: {{base, novel, hm}}}}) and base_novel_mean, not {name}")
+    if row.protocol.mean_convention != "mean-of-tasks":
+        problem(("protocol", "mean_convention"),
+                f"the average of a base-to-novel row is the mean over its tasks "
+                f"(expected mean-of-tasks, got {row.protocol.mean_convention})")
+    for task in row.base_novel:
+        if task not in task_ids:
+            problem(("base_novel", task), f"unknown task '{task}' of {benchmark.id} "
+                                          f"(expected one of: {', '.join(task_ids)})")
+    missing = [t for t in task_ids if t not in row.base_novel]
+    if not row.base_novel:
+        problem(("base_novel",), f"a row of {benchmark.id} needs base_novel: base, novel and hm "
+                                 f"for each of its {len(task_ids)} tasks ({', '.join(task_ids)})")
+    elif missing:
+        problem(("base_novel",), f"missing task(s) {', '.join(missing)}: a row of {benchmark.id} "
+                                 f"gives base, novel and hm for each of its {len(task_ids)} tasks")
+    if row.base_novel_mean is None:
+        problem(("base_novel_mean",), "missing the printed average over the tasks "
+                                      "(expected base_novel_mean: {base: ..., novel: ..., hm: ...})")
+    values = [(("base_novel", t), v) for t, v in row.base_novel.items()]
+    if row.base_novel_mean is not None:
+        values.append((("base_novel_mean",), row.base_novel_mean))
+    for path, value in values:
+        for field in ("base", "novel", "hm"):
+            number = getattr(value, field)
+            if number is not None and not 0 <= number <= 100:
+                problem((*path, field), f"expected an accuracy between 0 and 100, got {number}")
+    if row.known_inconsistency:
+        # The source contradicts itself: its numbers are kept and the explanation shown.
+        return
+    for mismatch in base_novel_mismatches(row, benchmark):
+        path = (("base_novel", mismatch.task, mismatch.field) if mismatch.task
+                else ("base_novel_mean", mismatch.field))
+        problem(path, mismatch.message(row.decimals) + "; if the source contradicts itself, "
+                                                        "say so in known_inconsistency")

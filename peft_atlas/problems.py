@@ -107,7 +107,7 @@ def _message(item: Mapping[str, Any], loc: Location, model: type[BaseModel], hin
     kind, given = item["type"], item.get("input")
     name = str(loc[-1]) if loc else ""
     if kind == "missing":
-        return f"missing required field {name!r}"
+        return hints.get((kind, name), f"missing required field {name!r}")
     if kind == "extra_forbidden":
         valid = _fields_at(model, loc[:-1])
         return f"unknown field {name!r}" + (f" (expected one of: {', '.join(valid)})" if valid else "")

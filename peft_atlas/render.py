@@ -16,9 +16,9 @@ from pathlib import Path
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from markupsafe import Markup, escape
 
-from .chart import Point, scatter_svg
+from .chart import BaseNovelPoint, Point, base_novel_svg, scatter_svg
 from .fidelity import PROXY_FOR, proxy_fidelity
-from .kb import KnowledgeBase, LoadedRow
+from .kb import KnowledgeBase, LoadedRow, base_novel_mismatches, harmonic_mean
 from .mathml import MATH_IN_MARKDOWN
 from .spread import aggregate_seeds, mark_ties
 
@@ -203,6 +203,17 @@ def render_pages(kb: KnowledgeBase, extra: dict | None = None) -> dict[str, str]
     implemented_as = {m.impl: m for m in kb.methods.values() if m.impl}
     for benchmark in kb.benchmarks.values():
         rows = results_by_benchmark.get(benchmark.id, [])
+        if benchmark.kind == "base-to-novel":
+            # Reported rows only: the harness measures no base-to-novel runs, so there is no
+            # reproduced section and no fidelity figure.
+            if rows:
+                path = f"results/{benchmark.id}.md"
+                items = [_base_novel_item(item) for item in rows]
+                pages[path] = env.get_template("results_base_novel.md.j2").render(
+                    page=path, benchmark=benchmark, rows=items,
+                    chart=Markup(_base_novel_chart(benchmark.name, items)),
+                    disagreements=_base_novel_disagreements(items, benchmark), **common)
+            continue
         reproduced = [dict(r, method=implemented_as.get(r["impl"]))
                       for r in mark_ties([r for r in measured if r["benchmark"] == benchmark.id])]
         if not rows and not reproduced:
@@ -248,6 +259,49 @@ def _chart(benchmark_name: str, rows: list[dict], reproduced: list[dict]) -> str
                      detail=f"mean of group means over seeds {', '.join(map(str, r['seeds']))}")
                for r in reproduced if r["trainable"]]
     return scatter_svg(points, f"{benchmark_name}: mean accuracy against trainable parameters")
+
+
+def _base_novel_item(item: dict) -> dict:
+    """A base-to-novel row for the results page: its harmonic means recomputed from its printed
+    base and novel accuracies, and the printed numbers that disagree with them."""
+    row, benchmark = item["row"], item["benchmark"]
+    mismatches = {(m.task, m.field): m for m in base_novel_mismatches(row, benchmark)}
+    recomputed = {task: harmonic_mean(v.base, v.novel) for task, v in row.base_novel.items()}
+    average = row.base_novel_mean
+    return dict(item, mismatches=mismatches, recomputed=recomputed,
+                recomputed_mean=harmonic_mean(average.base, average.novel) if average else None)
+
+
+def _base_novel_chart(benchmark_name: str, items: list[dict]) -> str:
+    points = [BaseNovelPoint(label=item["label"], base=item["row"].base_novel_mean.base,
+                             novel=item["row"].base_novel_mean.novel,
+                             source=f"{item['row'].source.bib}, {item['row'].source.table}",
+                             detail=item["method_name"], inconsistent=bool(item["row"].known_inconsistency))
+              for item in items if item["row"].base_novel_mean is not None]
+    return base_novel_svg(points, f"{benchmark_name}: base-class against novel-class accuracy, "
+                                  "average over the data sets")
+
+
+def _base_novel_disagreements(items: list[dict], benchmark) -> list[dict]:
+    """Methods printed by more than one source with different base-to-novel numbers: the spread
+    of their average HMs and the tasks where their printed numbers differ."""
+    by_method: dict[str, list[dict]] = defaultdict(list)
+    for item in items:
+        by_method[item["row"].method].append(item)
+    found = []
+    for method_id, group in sorted(by_method.items()):
+        if len({i["row"].source.bib for i in group}) < 2:
+            continue
+        averages = [i["row"].base_novel_mean.hm for i in group
+                    if i["row"].base_novel_mean is not None and i["row"].base_novel_mean.hm is not None]
+        spread = max(averages) - min(averages) if len(averages) > 1 else 0.0
+        names = {t.id: t.name for g in benchmark.groups for t in g.tasks}
+        differing = [names[t] for t in benchmark.task_ids()
+                     if len({(v.base, v.novel, v.hm) for v in
+                             (i["row"].base_novel.get(t) for i in group) if v is not None}) > 1]
+        if spread > 0 or differing:
+            found.append({"method": method_id, "items": group, "spread": spread, "tasks": differing})
+    return found
 
 
 def _counts(kb: KnowledgeBase) -> dict:

@@ -18,6 +18,10 @@ Relation = Literal["builds_on", "generalizes", "generalized_by", "variant_of",
                    "compared_with", "combines"]
 MeanConvention = Literal["mean-of-tasks", "mean-of-group-means", "none"]
 Selection = Literal["val200", "last-epoch", "best-test", "not-stated"]
+# What a benchmark's rows report: one top-1 accuracy per task, or (base-to-novel generalization of
+# CLIP-like models) the accuracy on the base classes a method was trained on, the accuracy on the
+# held-out novel classes, and their harmonic mean, per data set.
+BenchmarkKind = Literal["accuracy", "base-to-novel"]
 
 
 class Strict(BaseModel):
@@ -80,6 +84,10 @@ class TaskGroup(Strict):
 class Benchmark(Strict):
     id: str = Field(pattern=SLUG)
     name: str = Field(pattern=PLAIN_NAME)
+    kind: BenchmarkKind = Field(
+        default="accuracy",
+        description="accuracy: rows give per_task top-1 accuracies; base-to-novel: rows give base, "
+                    "novel and harmonic-mean accuracies per task (data set) in base_novel.")
     bib: list[str] = Field(default_factory=list)
     description: str
     groups: list[TaskGroup] = Field(min_length=1)
@@ -144,6 +152,16 @@ class Protocol(Strict):
     data_source: str = Field(min_length=1)
 
 
+class BaseNovel(Strict):
+    """Base-to-novel accuracies of one data set (or their printed average), as the source prints them."""
+
+    base: float = Field(description="Top-1 accuracy (%) on the base classes the method was trained on.")
+    novel: float = Field(description="Top-1 accuracy (%) on the held-out novel classes.")
+    hm: float | None = Field(
+        default=None, description="The harmonic mean 2 * base * novel / (base + novel) as printed; "
+                                  "checked against the one recomputed from base and novel.")
+
+
 class ResultRow(Strict):
     method: str = Field(pattern=SLUG)
     label: str | None = None
@@ -153,6 +171,15 @@ class ResultRow(Strict):
     per_task: dict[str, float] = Field(default_factory=dict)
     group_means: dict[str, float] = Field(default_factory=dict)
     mean: float | None = None
+    base_novel: dict[str, BaseNovel] = Field(
+        default_factory=dict,
+        description="Base-to-novel benchmarks only: base, novel and printed harmonic mean per task.")
+    base_novel_mean: BaseNovel | None = Field(
+        default=None, description="Base-to-novel benchmarks only: the printed average over the tasks.")
+    decimals: int = Field(
+        default=2, ge=0, le=4,
+        description="Digits the source prints after the decimal point; sets the rounding tolerance "
+                    "of the recomputed base-to-novel harmonic means and averages.")
     params_m: float | None = Field(default=None, ge=0)
     params_include_head: bool = Field(
         default=False, description="params_m counts the classifier head too (averaged over the tasks, "
@@ -168,8 +195,8 @@ class ResultRow(Strict):
     source: Source
     note: str | None = None
     known_inconsistency: str | None = Field(
-        default=None, description="Why the printed means disagree with the printed tasks "
-                                  "(a typo in the source); the check is then skipped.")
+        default=None, description="Why the printed means (or harmonic means) disagree with the "
+                                  "printed tasks (a typo in the source); the check is then skipped.")
 
 
 

@@ -16,7 +16,7 @@ from `reference_impls.authoring`.
 
 from . import methods as _method_modules  # noqa: F401  (importing registers every method)
 from .adapter_files import load_adapter, save_adapter
-from .clip import clip_logits, clip_training_loss
+from .clip import clip_logits, clip_training_loss, clip_training_step
 from .api import adapter_parameter_names, apply, is_merged, mark_trainable, merge, prepare, trainable_parameters, unmerge
 from .registry import (
     MethodConfig,
@@ -40,6 +40,7 @@ __all__ = [
     "build_config",
     "clip_logits",
     "clip_training_loss",
+    "clip_training_step",
     "get_config_class",
     "get_preset",
     "get_spec",

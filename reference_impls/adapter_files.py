@@ -1,5 +1,6 @@
 """Adapter files: the trained part of a model (method parameters, trained backbone parameters
-and head) in safetensors, with the method, its config and the backbone in the metadata."""
+and head, and the method's persistent buffers: tensors it built from data) in safetensors, with
+the method, its config and the backbone in the metadata."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .api import adapter_parameter_names, applied_method, apply, is_merged, merge, unmerge
+from .api import adapter_buffer_names, adapter_parameter_names, applied_method, apply, is_merged, merge, unmerge
 from .backbone import backbone_signature
 
 __all__ = ["FORMAT_VERSION", "load_adapter", "save_adapter"]
@@ -21,7 +22,9 @@ FORMAT_VERSION = "1"
 
 
 def save_adapter(model: nn.Module, path: str | Path) -> None:
-    """Write the adapter (method parameters, trained backbone parameters, head) to safetensors.
+    """Write the adapter (method parameters, trained backbone parameters, head, and the method's
+    persistent buffers, see [`adapter_buffer_names`][reference_impls.api.adapter_buffer_names]) to
+    safetensors.
 
     The file's metadata holds the method name, its config as JSON, the backbone signature
     ([`backbone_signature`][reference_impls.backbone.backbone_signature]) and the format version.
@@ -36,8 +39,9 @@ def save_adapter(model: nn.Module, path: str | Path) -> None:
     record = applied_method(model)
     if record is None:
         raise ValueError("no method is applied to this model; nothing to save")
-    params = dict(model.named_parameters())
-    tensors = {n: params[n].detach().to("cpu").contiguous().clone() for n in adapter_parameter_names(model)}
+    state = model.state_dict(keep_vars=True)
+    names = adapter_parameter_names(model) + adapter_buffer_names(model)
+    tensors = {n: state[n].detach().to("cpu").contiguous().clone() for n in names}
     metadata = {
         "format": "peft-atlas-adapter",
         "format_version": FORMAT_VERSION,
@@ -96,8 +100,8 @@ def load_adapter(model: nn.Module, path: str | Path) -> nn.Module:
             f"{path}: adapter config of method {method!r} differs: file {config} vs model {record['config']}"
         )
     tensors = load_file(str(path), device="cpu")
-    params = dict(model.named_parameters())
-    expected = set(adapter_parameter_names(model))
+    params = model.state_dict(keep_vars=True)
+    expected = set(adapter_parameter_names(model)) | set(adapter_buffer_names(model))
     missing, unexpected = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
     if missing or unexpected:
         raise ValueError(f"{path}: adapter tensors do not match the model: missing {missing}, unexpected {unexpected}")

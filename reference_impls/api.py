@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+import torch
 from torch import nn
 
 from .backbone import check_backbone, head_modules, replace_module
@@ -14,6 +15,7 @@ from .wrappers import iter_wrappers, match_training_mode
 __all__ = [
     "PREFIX",
     "RECORD_ATTR",
+    "adapter_buffer_names",
     "adapter_parameter_names",
     "apply",
     "applied_method",
@@ -54,6 +56,19 @@ def adapter_parameter_names(model: nn.Module) -> list[str]:
     extra = set(record["backbone_trainable"]) if record else set()
     heads = tuple(f"{h}." for h in head_modules(model))
     return [n for n, _ in model.named_parameters() if _is_method_name(n) or n.startswith(heads) or n in extra]
+
+
+def adapter_buffer_names(model: nn.Module) -> list[str]:
+    """Names of the method's persistent buffers (a name component starts with `peft_`): tensors
+    a method builds from data instead of training, such as Tip-Adapter's cache.
+    [`save_adapter`][reference_impls.adapter_files.save_adapter] writes them with the parameters;
+    they are never trained.
+
+    Args:
+        model: A model on which a method was applied.
+    """
+    params = {n for n, _ in model.named_parameters()}
+    return [n for n in model.state_dict() if n not in params and _is_method_name(n)]
 
 
 def mark_trainable(model: nn.Module) -> None:
@@ -176,6 +191,9 @@ def prepare(
     The method looks at `batches` (e.g. `(images, labels)` pairs from the training loader) on
     the plain backbone, records its choice in its config (so that `save_adapter` and
     `load_adapter` carry it) and is then applied as by [`apply`][reference_impls.api.apply].
+    A method that also builds tensors from the data (Tip-Adapter's cache of image features)
+    returns them too; they are copied into the applied model, and `save_adapter` carries them
+    as well (see [`adapter_buffer_names`][reference_impls.api.adapter_buffer_names]).
 
     Args:
         model: A timm vision transformer with no method applied.
@@ -188,14 +206,29 @@ def prepare(
         The same model object.
 
     Raises:
-        ValueError: If the method does not choose from data (use `apply`), or as `apply`.
+        ValueError: If the method does not choose from data (use `apply`), if its prepare step
+            rejects the batches (the message names the method), or as `apply`.
     """
     spec = get_spec(name)
     if spec.prepare_fn is None:
         raise ValueError(f"{name}: takes no data to choose what it tunes; use reference_impls.apply(model, {name!r})")
     config = _check(spec, model, _with_preset(spec, preset, kwargs))
-    chosen = spec.prepare_fn(model, config, batches)
-    return apply(model, name, preset=preset, **{**kwargs, **chosen})
+    try:
+        chosen = spec.prepare_fn(model, config, batches)
+    except (TypeError, ValueError) as error:
+        raise _with_method_name(name, error) from error
+    chosen, built = chosen if isinstance(chosen, tuple) else (chosen, {})
+    apply(model, name, preset=preset, **{**kwargs, **chosen})
+    state = model.state_dict(keep_vars=True)
+    carried = set(adapter_parameter_names(model)) | set(adapter_buffer_names(model))
+    unknown = sorted(set(built) - carried)
+    if unknown:
+        raise RuntimeError(f"method {name!r} built tensors that are not its parameters or persistent buffers: "
+                           f"{unknown[:5]}")
+    with torch.no_grad():
+        for tensor_name, tensor in built.items():
+            state[tensor_name].copy_(tensor)
+    return model
 
 
 def _require_mergeable(model: nn.Module) -> dict[str, Any]:

@@ -17,6 +17,16 @@ import torch.nn.functional as F
 from timm.layers import quick_gelu
 
 from .api import PREFIX
+from .clip import (
+    CLASSIFIER_ATTR,
+    ClipClassifier,
+    class_prompts,
+    cosine_logits,
+    encode_token_embeddings,
+    encode_tokens,
+    text_width,
+    tokenize,
+)
 from .backbone import NORM_TYPES, factory_kwargs, head_modules, replace_module
 from .registry import (
     ClassNames,
@@ -35,6 +45,14 @@ from .wrappers import MergeableWrapper, WeightUpdateWrapper, Wrapper
 
 __all__ = [
     "ACTIVATIONS",
+    "CLASSIFIER_ATTR",
+    "ClipClassifier",
+    "class_prompts",
+    "cosine_logits",
+    "encode_token_embeddings",
+    "encode_tokens",
+    "text_width",
+    "tokenize",
     "ClassNames",
     "Dropout",
     "MergeableWrapper",

@@ -33,6 +33,7 @@ __all__ = [
     "class_prompts",
     "clip_logits",
     "clip_training_loss",
+    "clip_training_step",
     "context_length",
     "cosine_logits",
     "encode_token_embeddings",
@@ -199,6 +200,22 @@ class ClipClassifier(nn.Module):
         """
         return F.cross_entropy(self(model, images), labels)
 
+    def training_step(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                      optimizer: torch.optim.Optimizer) -> torch.Tensor:
+        """One optimizer step on a batch: by default, minimize `training_loss` by its gradient.
+
+        Methods whose paper changes the update itself, not only the loss (ProGrad projects the
+        gradient), override this.
+
+        Returns:
+            The batch's loss (detached), computed before the step.
+        """
+        optimizer.zero_grad()
+        loss = self.training_loss(model, images, labels)
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+
 
 def clip_logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     """Class logits of `images` from a CLIP model on which a vision-language method was applied.
@@ -225,6 +242,25 @@ def clip_training_loss(model: nn.Module, images: torch.Tensor, labels: torch.Ten
         labels: `(batch,)` class indices into the method's class names.
     """
     return _classifier(model).training_loss(model, images, labels)
+
+
+def clip_training_step(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                       optimizer: torch.optim.Optimizer) -> torch.Tensor:
+    """One training step of the applied vision-language method: its gradient, its update.
+
+    For most methods this is `optimizer.zero_grad()`, `clip_training_loss(...).backward()`,
+    `optimizer.step()`; a method that modifies the gradient (ProGrad) does so here.
+
+    Args:
+        model: A CLIP model on which a vision-language method was applied.
+        images: `(batch, 3, H, W)` images.
+        labels: `(batch,)` class indices into the method's class names.
+        optimizer: An optimizer over the method's trainable parameters.
+
+    Returns:
+        The batch's loss before the step (detached).
+    """
+    return _classifier(model).training_step(model, images, labels, optimizer)
 
 
 def _classifier(model: nn.Module) -> ClipClassifier:

@@ -114,7 +114,7 @@ PRESET_NAME = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*(/[a-z0-9_]+)?$")
 
 
 ApplyFn = Callable[[Any, Any], "list[str] | None"]
-PrepareFn = Callable[[Any, Any, Iterable[Any]], dict[str, Any]]
+PrepareFn = Callable[[Any, Any, Iterable[Any]], "dict[str, Any] | tuple[dict[str, Any], dict[str, Any]]"]
 
 
 @dataclass(frozen=True)
@@ -130,7 +130,9 @@ class MethodSpec:
         backbone: The kind of model the method acts on (`"vit"`: a timm vision transformer).
         prepare_fn: For methods that choose what to tune from the training data:
             `prepare_fn(model, config, batches)` returns the config fields that record the
-            choice (e.g. the selected channels).
+            choice (e.g. the selected channels), or a pair `(fields, tensors)` when the method
+            also builds tensors from the data (Tip-Adapter's cache): `tensors` maps names of the
+            applied model's method parameters or persistent `peft_` buffers to their values.
         data_fields: The config fields `prepare_fn` fills; `apply` refuses to run while one
             of them is unset, so that no placeholder selection is ever used silently.
         presets: Named configurations (see [`Preset`][reference_impls.registry.Preset]), in the
@@ -175,7 +177,8 @@ def register(
             [`MethodSpec`][reference_impls.registry.MethodSpec].
         mergeable: Whether `merge` is supported.
         backbone: The kind of model the method acts on.
-        prepare: For data-driven methods, `(model, config, batches) -> dict` of config fields.
+        prepare: For data-driven methods, `(model, config, batches) -> dict` of config fields
+            (or `(fields, tensors)`, see [`MethodSpec`][reference_impls.registry.MethodSpec]).
         data_fields: The config fields `prepare` fills (required with `prepare`).
         presets: Named configurations, e.g. `{"vtab-1k": Preset({"r": 8}, source="...")}`.
 

@@ -59,3 +59,19 @@ def test_loader_reports_mutated_files_without_raising(data):
         for problem in problems:
             assert problem.file and problem.message
 
+
+
+@given(st.data())
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_loader_reports_mutated_base_to_novel_files_without_raising(data):
+    from conftest import base_novel_yaml, write_base_novel
+    from peft_atlas.render import render_pages
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = write_mini_kb(Path(tmp) / "kb")
+        write_base_novel(root, mutate(base_novel_yaml(extra="    known_inconsistency: x\n"), data))
+        kb, problems = load(root)
+        for problem in problems:
+            assert problem.file and problem.message
+        if not problems:
+            render_pages(kb)  # whatever validates also renders

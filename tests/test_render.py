@@ -8,8 +8,8 @@ import bibtexparser
 import jinja2
 import pytest
 
-from conftest import REPO, edit, write
-from peft_atlas.chart import Point, scatter_svg
+from conftest import REPO, base_novel_yaml, edit, write, write_base_novel
+from peft_atlas.chart import BaseNovelPoint, Point, base_novel_svg, scatter_svg
 from peft_atlas.export import export_bibtex, export_json
 from peft_atlas.kb import load
 from peft_atlas.mathml import render_math_in_html
@@ -154,6 +154,22 @@ def test_card_of_a_data_driven_implementation_shows_prepare(mini_kb):
     assert 'ri.prepare(model, "dora", batches)' in api_page
 
 
+def test_card_of_a_vision_language_implementation_uses_clip(mini_kb):
+    """A method registered with backbone="clip" is shown on an open_clip model with class names
+    and `ri.clip_logits`, never on a timm ViT."""
+    (mini_kb / "reference_impls" / "methods").mkdir(parents=True)
+    write(mini_kb, "reference_impls/methods/coop.py",
+          'register("coop", CoOpConfig, apply_coop, mergeable=False, backbone="clip")\n')
+    edit(mini_kb, "taxonomy/methods/lora.yaml", "mergeable: true", "mergeable: true\nimpl: coop")
+    kb, problems = load(mini_kb)
+    assert problems == [] and kb.clip_impls == {"coop"}
+    card = render_pages(kb)["methods/lora.md"]
+    snippet = card.split("## Use it", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    assert 'open_clip.create_model("ViT-B-16", pretrained="openai")' in snippet and "timm" not in snippet
+    assert 'ri.apply(model, "coop", classnames=classnames)' in snippet and "ri.clip_logits(model, images)" in snippet
+    assert 'ri.apply(clip_model, "coop", classnames=classnames)' in render_pages(kb)["api/coop.md"]
+
+
 def test_card_lists_the_presets_and_uses_one(mini_kb):
     """A method whose implementation has presets: a Presets table (name, options, count, source),
     the "Use it" snippet with `preset=`, and the reported rows naming theirs."""
@@ -199,3 +215,70 @@ def test_cards_of_the_repository_list_every_preset():
         for name in names:
             assert f"| <code>{name}</code> |" in card, (method.id, name)
     assert 'ri.apply(model, "noah", preset="vtab-1k/cifar100")' in pages["methods/noah.md"]
+
+
+def test_base_novel_chart_plots_novel_against_base_with_iso_hm_curves():
+    svg = base_novel_svg([BaseNovelPoint("CoOp", 82.69, 63.22, "a, Table 1"),
+                          BaseNovelPoint("<b>X</b>", 69.34, 74.22, "a, Table 1", inconsistent=True),
+                          BaseNovelPoint("CLIP", 69.34, 74.22, "b, Table 9")], "t")
+    assert svg.startswith("<svg") and svg.endswith("</svg>")
+    # one marker per source (circle, square) plus one per source in the legend
+    assert svg.count("<circle") == 3 and svg.count("<rect") == 2
+    assert 'class="point reported inconsistent"' in svg
+    assert 'class="iso-hm"' in svg and ">HM 72<" in svg
+    # rows printing the same averages share one label; text from the data is escaped
+    assert "&lt;b&gt;X&lt;/b&gt; / CLIP" in svg and "<b>" not in svg
+    assert "novel-class accuracy" in svg and "base-class accuracy" in svg
+    assert base_novel_svg([], "t") == ""
+
+
+def test_base_to_novel_page_shows_table_chart_and_flags_what_the_source_contradicts(mini_kb):
+    consistent = base_novel_yaml(bib="liu2024dora")
+    inconsistent = base_novel_yaml(extra="    known_inconsistency: Its DTD harmonic mean does not add up.\n").replace(
+        "dtd: {base: 80.0, novel: 70.0, hm: 74.67}", "dtd: {base: 80.0, novel: 70.0, hm: 76.0}")
+    write_base_novel(mini_kb, inconsistent)
+    # another source: two data sets moved in opposite directions, so its averages do not change
+    consistent = consistent.replace("imagenet: {base: 80.0, novel: 70.0, hm: 74.67}",
+                                    "imagenet: {base: 80.5, novel: 70.0, hm: 74.88}")
+    consistent = consistent.replace("caltech101: {base: 80.0, novel: 70.0, hm: 74.67}",
+                                    "caltech101: {base: 79.5, novel: 70.0, hm: 74.45}")
+    write_base_novel(mini_kb, consistent, "taxonomy/reported/base-to-novel/liu2024dora.yaml")
+    kb, problems = load(mini_kb)
+    assert problems == []
+    pages = render_pages(kb)
+    page = pages["results/base-to-novel.md"]
+    # the table: every data set's base, novel and HM, the printed average, the source
+    assert ("| Method | As printed | Average Base | Average Novel | Average HM | ImageNet Base | ImageNet Novel | "
+            "ImageNet HM | Caltech101 Base |") in page
+    assert "| UCF101 Base | UCF101 Novel | UCF101 HM | Selection | Source |" in page
+    assert "[hu2022lora](../bibliography.md#hu2022lora), Table 1 |" in page
+    assert "| 80.00 | 70.00 | 74.67 | 80.00 | 70.00 | 74.67 |" in page
+    # the chart: base against novel accuracy, the inconsistent row hollow
+    assert "<svg" in page and 'class="iso-hm"' in page and 'class="point reported inconsistent"' in page
+    # the printed HM the source contradicts is marked in its cell, with the recomputed value
+    assert ('<span class="atlas-mismatch" title="recomputed from the printed base and novel: 74.667">76.00</span>'
+            in page)
+    assert "inconsistent in source" in page
+    section = page.split("## Rows whose source contradicts itself", 1)[1].split("\n## ", 1)[0]
+    assert "- **LoRA** (hu2022lora, Table 1): Its DTD harmonic mean does not add up." in section
+    # two sources print the same method differently
+    assert "## Where sources disagree" in page and "the printed numbers differ on ImageNet, Caltech101, DTD" in page
+    # the method card lists both rows
+    card = pages["methods/lora.md"].split("## Reported results", 1)[1]
+    assert card.count("[Base-to-novel (CLIP)](../results/base-to-novel.md)") == 2
+    assert "HM 74.67 (base 80.00, novel 70.00)" in card
+    # the VTAB-1k page is unchanged by the new kind
+    assert "## Mean accuracy against trainable parameters" in pages["results/vtab-1k.md"]
+
+
+def test_repository_base_to_novel_page_renders_every_row():
+    kb, _ = load(REPO, check_math=False)
+    page = render_pages(kb)["results/base-to-novel.md"]
+    rows = [r for r in kb.results if r.benchmark == "base-to-novel"]
+    table = page.split("## Reported results", 1)[1].split("\n## ", 1)[0]
+    assert len(rows) >= 10
+    lines = [line for line in table.splitlines() if line.startswith("| [")]
+    assert len(lines) == len(rows)
+    for line, loaded in zip(lines, rows):
+        assert line.endswith(f"#{loaded.row.source.bib}), {loaded.row.source.table} |")
+    assert "<svg" in page and "## Rows whose source contradicts itself" in page

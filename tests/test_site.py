@@ -125,9 +125,13 @@ def test_api_pages_render_every_method_and_its_config_docstrings(site):
     assert len(registered) >= 24
     for name, module in registered.items():
         page = text(site / "api" / f"{module}.html")
-        assert f'ri.apply(model, "{name}")' in page or f'ri.prepare(model, "{name}", batches)' in page, name
+        usages = (f'ri.apply(model, "{name}")', f'ri.prepare(model, "{name}", batches)',
+                  f'ri.apply(clip_model, "{name}", classnames=classnames)',
+                  f'ri.prepare(clip_model, "{name}", batches, classnames=classnames)')
+        assert any(usage in page for usage in usages), name
     lora = text(site / "api" / "lora.html")
     assert "Rank of the update B A." in lora and "Dropout probability on the input of the low-rank branch." in lora
     shared = text(site / "api" / "index.html")
-    for documented in ("list_methods", "prepare", "save_adapter", "MethodConfig", "wrap_linear_targets"):
+    for documented in ("list_methods", "prepare", "save_adapter", "MethodConfig", "wrap_linear_targets",
+                       "clip_logits", "ClipClassifier"):
         assert documented in shared, documented

@@ -7,9 +7,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from conftest import REPO, edit, results_yaml, write
-from peft_atlas.kb import load
+from conftest import REPO, base_novel_yaml, edit, results_yaml, write, write_base_novel
+from peft_atlas.kb import base_novel_mismatches, harmonic_mean, harmonic_mean_tolerance, load
 
 
 def problems_of(root: Path) -> list[str]:
@@ -108,6 +110,47 @@ BAD_INPUTS = [
      "the key must equal the file name (expected 'liu2024dora')"),
     ("bibtex-bad-year", lambda r: edit(r, "bib/liu2024dora.bib", "year = {2024}", "year = {in press}"),
      "liu2024dora.year: expected a four-digit year"),
+    # base-to-novel rows (dtd is on line 17 of base_novel_yaml, the printed average on line 20)
+    ("b2n-missing-novel", lambda r: write_base_novel(r, base_novel_yaml().replace(
+        "dtd: {base: 80.0, novel: 70.0,", "dtd: {base: 80.0,")),
+     "base-to-novel/hu2022lora.yaml:17: rows.0.base_novel.dtd.novel: missing required field 'novel' "
+     "(expected the accuracy on the novel classes"),
+    ("b2n-not-a-number", lambda r: write_base_novel(r, base_novel_yaml().replace(
+        "dtd: {base: 80.0, novel: 70.0,", "dtd: {base: 80.0, novel: seventy,")),
+     "hu2022lora.yaml:17: rows.0.base_novel.dtd.novel: Input should be a valid number (got 'seventy', str)"),
+    ("b2n-unknown-task", lambda r: write_base_novel(r, base_novel_yaml().replace("imagenet:", "imagenet1k:")),
+     "hu2022lora.yaml:9: rows.0.base_novel.imagenet1k: unknown task 'imagenet1k' of base-to-novel "
+     "(expected one of: imagenet, caltech101,"),
+    ("b2n-missing-task", lambda r: write_base_novel(r, base_novel_yaml().replace(
+        "      ucf101: {base: 80.0, novel: 70.0, hm: 74.67}\n", "")),
+     "rows.0.base_novel: missing task(s) ucf101: a row of base-to-novel gives base, novel and hm for each of its 11 tasks"),
+    ("b2n-hm-disagrees", lambda r: write_base_novel(r, base_novel_yaml().replace(
+        "dtd: {base: 80.0, novel: 70.0, hm: 74.67}", "dtd: {base: 80.0, novel: 70.0, hm: 74.69}")),
+     "hu2022lora.yaml:17: rows.0.base_novel.dtd.hm: printed HM 74.69 of dtd disagrees with the harmonic mean of "
+     "its printed base and novel (74.667; differences up to 0.010 are rounding)"),
+    ("b2n-average-hm-disagrees", lambda r: write_base_novel(r, base_novel_yaml(mean_hm=75.0)),
+     "hu2022lora.yaml:20: rows.0.base_novel_mean.hm: printed HM 75.00 of the average disagrees with the harmonic "
+     "mean of the printed average base and novel (74.667"),
+    ("b2n-average-base-disagrees", lambda r: write_base_novel(r, base_novel_yaml().replace(
+        "base_novel_mean: {base: 80.0,", "base_novel_mean: {base: 80.5,")),
+     "rows.0.base_novel_mean.base: printed base 80.50 of the average disagrees with the mean of the printed base "
+     "accuracies of the tasks (80.000"),
+    ("b2n-missing-average", lambda r: write_base_novel(r, base_novel_yaml().replace(
+        "    base_novel_mean: {base: 80.0, novel: 70.0, hm: 74.67}\n", "")),
+     "rows.0.base_novel_mean: missing the printed average over the tasks"),
+    ("b2n-accuracy-out-of-range", lambda r: write_base_novel(r, base_novel_yaml().replace(
+        "dtd: {base: 80.0,", "dtd: {base: 180.0,")),
+     "rows.0.base_novel.dtd.base: expected an accuracy between 0 and 100, got 180.0"),
+    ("b2n-per-task-instead", lambda r: write_base_novel(r, base_novel_yaml(extra="    mean: 74.67\n")),
+     "rows.0.mean: base-to-novel is a base-to-novel benchmark: give base_novel"),
+    ("b2n-wrong-convention", lambda r: write_base_novel(r, base_novel_yaml().replace(
+        "mean_convention: mean-of-tasks", "mean_convention: mean-of-group-means")),
+     "rows.0.protocol.mean_convention: the average of a base-to-novel row is the mean over its tasks"),
+    ("b2n-fields-on-accuracy-benchmark", lambda r: write(r, "taxonomy/reported/vtab-1k/hu2022lora.yaml",
+     results_yaml() + "    base_novel_mean: {base: 80.0, novel: 70.0, hm: 74.67}\n"),
+     "rows.0.base_novel_mean: base_novel_mean is only for base-to-novel benchmarks (vtab-1k rows give per_task"),
+    ("benchmark-unknown-kind", lambda r: edit(r, "taxonomy/benchmarks.yaml", "kind: base-to-novel", "kind: b2n"),
+     "kind: Input should be 'accuracy' or 'base-to-novel'"),
 ]
 
 
@@ -247,3 +290,74 @@ def test_a_preset_of_a_method_without_implementation_is_a_problem(mini_kb):
     write(mini_kb, RESULTS, results_yaml() + "    preset: vtab-1k\n")
     assert problems_of(mini_kb) == [
         f"{RESULTS}:11: rows.0.preset: method 'lora' has no reference implementation, so it has no presets"]
+
+
+def test_a_base_to_novel_row_is_valid_and_its_inconsistency_can_be_explained(mini_kb):
+    write_base_novel(mini_kb, base_novel_yaml())
+    assert problems_of(mini_kb) == []
+    # a source whose HM contradicts its own accuracies is kept when the row says why
+    write_base_novel(mini_kb, base_novel_yaml(hm=75.0, extra="    known_inconsistency: the paper's HMs are off\n"))
+    assert problems_of(mini_kb) == []
+    # ...but not its structural mistakes
+    write_base_novel(mini_kb, base_novel_yaml(extra="    known_inconsistency: x\n").replace("imagenet:", "imagenet1k:"))
+    assert any("unknown task 'imagenet1k'" in p for p in problems_of(mini_kb))
+
+
+def test_an_average_hm_that_is_a_mean_of_hms_is_named(mini_kb):
+    # two groups of data sets with different trade-offs: the HM of the averages (73.78) is not the
+    # mean of the per-data-set HMs (73.46), and the message says which convention the number fits
+    rows = base_novel_yaml()
+    for task in ("imagenet", "caltech101", "oxford_pets", "stanford_cars", "flowers102"):
+        rows = rows.replace(f"{task}: {{base: 80.0, novel: 70.0, hm: 74.67}}",
+                            f"{task}: {{base: 90.0, novel: 60.0, hm: 72.0}}")
+    average_base = (5 * 90 + 6 * 80) / 11
+    average_novel = (5 * 60 + 6 * 70) / 11
+    mean_of_hms = (5 * 72.0 + 6 * 74.67) / 11
+    rows = rows.replace("base_novel_mean: {base: 80.0, novel: 70.0, hm: 74.67}",
+                        f"base_novel_mean: {{base: {average_base:.2f}, novel: {average_novel:.2f}, hm: {mean_of_hms:.2f}}}")
+    write_base_novel(mini_kb, rows)
+    [problem] = problems_of(mini_kb)
+    assert "rows.0.base_novel_mean.hm: printed HM 73.46 of the average disagrees" in problem
+    assert "it equals the mean of the printed per-task HMs (73.46), a different averaging convention" in problem
+
+
+# (base, novel) pairs and their rounding: the tolerance must accept every consistent printed row
+@given(st.floats(1, 99.99), st.floats(1, 99.99), st.sampled_from([1, 2]))
+@settings(max_examples=400, deadline=None)
+def test_harmonic_mean_tolerance_covers_rounding_of_printed_numbers(base, novel, decimals):
+    printed_base, printed_novel = round(base, decimals), round(novel, decimals)
+    printed_hm = round(harmonic_mean(base, novel), decimals)
+    recomputed = harmonic_mean(printed_base, printed_novel)
+    assert abs(recomputed - printed_hm) <= harmonic_mean_tolerance(printed_base, printed_novel, decimals)
+
+
+def test_harmonic_mean_tolerance_is_tight_where_it_matters():
+    # equal accuracies at two decimals: half a unit for the printed HM, half a unit moved by the inputs
+    assert harmonic_mean_tolerance(70.0, 70.0, 2) == pytest.approx(0.010, abs=1e-5)
+    # very different accuracies weigh the rounding of the smaller one almost twice
+    assert 0.014 < harmonic_mean_tolerance(99.0, 1.0, 2) < 0.015
+    assert harmonic_mean_tolerance(70.0, 70.0, 1) == pytest.approx(0.10, abs=1e-5)
+    assert harmonic_mean(80.0, 70.0) == pytest.approx(74.6667, abs=1e-4)
+
+
+def test_mismatches_of_a_base_to_novel_row_are_listed(mini_kb):
+    write_base_novel(mini_kb, base_novel_yaml(extra="    known_inconsistency: x\n").replace(
+        "dtd: {base: 80.0, novel: 70.0, hm: 74.67}", "dtd: {base: 80.0, novel: 70.0, hm: 80.0}"))
+    kb, problems = load(mini_kb)
+    assert problems == []
+    [loaded] = [r for r in kb.results if r.benchmark == "base-to-novel"]
+    [mismatch] = base_novel_mismatches(loaded.row, kb.benchmarks["base-to-novel"])
+    assert (mismatch.task, mismatch.field, mismatch.printed) == ("dtd", "hm", 80.0)
+    assert mismatch.recomputed == pytest.approx(74.6667, abs=1e-4)
+
+
+def test_repository_base_to_novel_rows_are_sourced_and_complete():
+    kb, _ = load(REPO, check_math=False)
+    benchmark = kb.benchmarks["base-to-novel"]
+    rows = [r.row for r in kb.results if r.benchmark == "base-to-novel"]
+    assert len(rows) >= 10
+    for row in rows:
+        assert set(row.base_novel) == set(benchmark.task_ids()) and row.base_novel_mean is not None
+        assert row.source.bib in kb.bib and row.source.table.startswith("Table")
+        # a row is either consistent or says why it is not
+        assert bool(base_novel_mismatches(row, benchmark)) == bool(row.known_inconsistency), row.method

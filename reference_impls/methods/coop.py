@@ -29,8 +29,18 @@ from typing import Literal
 import torch
 from torch import nn
 
-from ..authoring import ClassNames, MethodConfig, PositiveFloat, PositiveInt, register
-from ..clip import ClipClassifier, encode_token_embeddings, text_width, tokenize
+from ..authoring import (
+    ClassNames,
+    ClipClassifier,
+    MethodConfig,
+    PositiveFloat,
+    PositiveInt,
+    encode_token_embeddings,
+    register,
+    text_width,
+    tokenize,
+)
+
 
 
 class CoOpConfig(MethodConfig):
@@ -90,8 +100,14 @@ class CoOpClassifier(ClipClassifier):
 
     def prompts(self) -> torch.Tensor:
         """`(classes, context_length, width)` prompt embeddings."""
+        return self.assemble(self.peft_ctx)
+
+    def assemble(self, ctx: torch.Tensor) -> torch.Tensor:
+        """`(classes, context_length, width)` prompt embeddings around the context `ctx`: `(M, width)`
+        shared by all classes or `(classes, M, width)` (methods that change the context, such as
+        CoCoOp, call this with their own)."""
         classes = self.start.shape[0]
-        ctx = self.peft_ctx if self.peft_ctx.dim() == 3 else self.peft_ctx.expand(classes, -1, -1)
+        ctx = ctx if ctx.dim() == 3 else ctx.expand(classes, -1, -1)
         if self.position == "end":
             # [SOS] [V]_1..M [CLASS] . [EOS]
             return torch.cat([self.start, ctx, self.rest], dim=1)

@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..authoring import ClassNames, MethodConfig, register
-from ..clip import ClipClassifier, class_prompts, encode_tokens, tokenize
+from ..authoring import ClassNames, ClipClassifier, MethodConfig, class_prompts, encode_tokens, register, tokenize
+
 
 
 class ZeroShotClipConfig(MethodConfig):

@@ -89,7 +89,7 @@ LR_FACTORS = (1 / 3, 1.0, 3.0)
 """The grid of `--select-lr`: these multiples of the group's rate."""
 LR_STEP = 3.0
 """Factor between a grid's end and the rate added past it when the best rate is at that end."""
-MAX_EXTENSIONS = 3
+MAX_EXTENSIONS = 1
 """Most rates added past the ends of one method's grid."""
 SEEDS = (0, 1, 2)
 """Seeds of the suite; every reported number is their mean, with their standard deviation."""
@@ -298,6 +298,13 @@ def _done_before(out: Path, lr: float, sha256: str) -> bool:
     return run["config"]["train"]["lr"] == lr and (run.get("backbone_weights") or {}).get("sha256") == sha256
 
 
+def _as_current(recorded: dict, where: Path) -> dict:
+    """A recorded config as the current schema reads it (fields added since take their defaults)."""
+    from peft_atlas.bench.config import parse_config
+
+    return parse_config(recorded, str(where)).model_dump(mode="json")
+
+
 def _up_to_date(out: Path, config: Path, seed: int, sha256: str) -> bool:
     """Whether `out` already holds a run of `config` with `seed` on this backbone (the suite resumes)."""
     from peft_atlas.bench.config import load_config, with_overrides
@@ -307,7 +314,7 @@ def _up_to_date(out: Path, config: Path, seed: int, sha256: str) -> bool:
         return False
     run = json.loads(out.read_text(encoding="utf-8"))
     expected = resolve_config(with_overrides(load_config(config), seed=seed)).model_dump(mode="json")
-    return run["config"] == expected and (run.get("backbone_weights") or {}).get("sha256") == sha256
+    return _as_current(run["config"], out) == expected and (run.get("backbone_weights") or {}).get("sha256") == sha256
 
 
 def _adopt(method: str, tasks: list[str], run: dict, candidate: Path) -> None:
@@ -324,7 +331,7 @@ def _adopt(method: str, tasks: list[str], run: dict, candidate: Path) -> None:
     lr = run["config"]["train"]["lr"]
     write_config(config, method, tasks, out, lr, f"chosen on val200, see {SELECTED.name}")
     committed = resolve_config(load_config(config)).model_dump(mode="json")
-    if committed != run["config"]:
+    if committed != _as_current(run["config"], candidate):
         raise RuntimeError(f"{candidate}: its config differs from {config}; re-run instead of adopting it")
     run["command"] = run["command"].replace(_relative(candidate.with_suffix(".yaml")), _relative(config)).replace(
         _relative(candidate), _relative(out))

@@ -9,6 +9,7 @@ import bibtexparser
 from bibtexparser.middlewares import SeparateCoAuthors, SplitNameParts
 from bibtexparser.model import DuplicateBlockKeyBlock
 
+from .latex import latex_to_unicode
 from .problems import Problem
 
 REQUIRED_FIELDS: dict[str, tuple[tuple[str, ...], ...]] = {
@@ -30,8 +31,9 @@ class BibEntry:
     Attributes:
         key: The citation key.
         entry_type: Lowercase type (``inproceedings``, ``article``, ...).
-        fields: Field name (lowercase) to value, braces stripped of the outer pair.
-        authors: Author names as "First Last".
+        fields: Field name (lowercase) to value, braces stripped of the outer pair (LaTeX as
+            written; ``title`` and ``venue`` give the text to display).
+        authors: Author names as "First Last", in Unicode for display (``Andr{\\'e}`` as ``André``).
         source_text: The entry exactly as written in its file.
         file: Path of its file, relative to the repository root.
         line: Line where it starts.
@@ -48,6 +50,7 @@ class BibEntry:
 
     @property
     def title(self) -> str:
+        """The title as text to display (LaTeX converted to Unicode)."""
         return _plain(self.fields.get("title", ""))
 
     @property
@@ -56,6 +59,7 @@ class BibEntry:
 
     @property
     def venue(self) -> str:
+        """Where the paper appeared, as text to display (LaTeX converted to Unicode)."""
         for name in ("booktitle", "journal", "howpublished", "publisher", "school"):
             if name in self.fields:
                 return _plain(self.fields[name])
@@ -65,8 +69,8 @@ class BibEntry:
 
 
 def _plain(text: str) -> str:
-    """Drop TeX grouping braces for display."""
-    return " ".join(text.replace("{", "").replace("}", "").split())
+    """A field's LaTeX as Unicode text for display: the copy boxes keep ``source_text``."""
+    return latex_to_unicode(text)
 
 
 def _author_names(value: str) -> list[str]:

@@ -112,6 +112,7 @@ class BaseNovelPoint:
     source: str                 # one marker per source
     detail: str = ""            # shown on hover
     inconsistent: bool = False  # the source contradicts itself: drawn hollow
+    kind: str = "reported"      # "reproduced": a run of this repository's harness
 
 
 def _harmonic_mean(base: float, novel: float) -> float:
@@ -207,9 +208,10 @@ def base_novel_svg(points: list[BaseNovelPoint], title: str) -> str:
                'text-anchor="middle">novel-class accuracy (%), average over the data sets</text>')
     out.append(f'<text class="axis" transform="translate(16 {(TOP + plot_bottom) / 2:.1f}) rotate(-90)" '
                'text-anchor="middle">base-class accuracy (%)</text>')
+    kind_of = {p.source: p.kind for p in points}
     for index, source in enumerate(sources):
         x, y = LEFT + 6, HEIGHT + 18 * index
-        out.append(f'<g class="legend">{_marker(shape_of[source], x, y, "point reported")}'
+        out.append(f'<g class="legend">{_marker(shape_of[source], x, y, f"point {kind_of[source]}")}'
                    f'<text class="label" x="{x + 12}" y="{y + 4:.1f}">{escape(source)}</text></g>')
     names_at: dict[tuple[float, float], list[str]] = {}
     for point in points:
@@ -222,7 +224,7 @@ def base_novel_svg(points: list[BaseNovelPoint], title: str) -> str:
         tip = escape(f"{point.label}: base {point.base:g}%, novel {point.novel:g}%, HM {hm:.2f}% "
                      f"(recomputed) — {point.source}" + (f"; {point.detail}" if point.detail else "")
                      + ("; the source contradicts itself" if point.inconsistent else ""))
-        css = "point reported" + (" inconsistent" if point.inconsistent else "")
+        css = f"point {point.kind}" + (" inconsistent" if point.inconsistent else "")
         label = ""
         names = names_at.pop((point.novel, point.base), None)
         if names:

@@ -27,12 +27,14 @@ __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
     "MEASURED_DIR",
+    "BaseNovelMetric",
     "EpochRecord",
     "GitState",
     "LoadedRun",
     "MeasuredFileError",
     "MeasuredRun",
     "Metrics",
+    "NovelRecord",
     "PeakMemory",
     "PrepareRecord",
     "RecordedConfig",
@@ -88,15 +90,38 @@ class PrepareRecord(Record):
     fields: list[str]
 
 
+class NovelRecord(Record):
+    """The evaluation of a base-to-novel task on its novel classes (never trained on).
+
+    Attributes:
+        top1: Top-1 accuracy (percent) of the novel classes' test images among the novel class
+            names: `100 * test_correct / num_test`.
+        test_correct: Correctly classified novel test images.
+        num_test: Novel test images.
+        num_classes: Novel classes.
+        reinitialized: The method's tensors that belong to the base classes (their shape follows
+            the number of classes): on the novel classes they keep their initial value; every
+            other trained tensor is carried over.
+    """
+
+    top1: Annotated[float, Field(ge=0.0, le=100.0)]
+    test_correct: Count
+    num_test: Count
+    num_classes: Annotated[int, Field(ge=1)]
+    reinitialized: list[str]
+
+
 class TaskRecord(Record):
     """The outcome of one task of one run.
 
     Attributes:
         task: Task id.
         group: Task group.
-        top1: Test top-1 accuracy (percent) at the selected epoch: `100 * test_correct / num_test`.
+        top1: Test top-1 accuracy (percent) at the selected epoch: `100 * test_correct / num_test`
+            (base-to-novel: of the base classes).
         test_correct: Correctly classified test examples (exact, gathered over processes).
-        selected_epoch: The epoch whose test accuracy is reported.
+        selected_epoch: The epoch whose test accuracy is reported (0: the method has nothing to
+            train, and no epoch ran).
         selection: The model-selection rule.
         history: One record per epoch.
         trainable_parameters: Parameters updated by the optimizer (method + head).
@@ -115,13 +140,16 @@ class TaskRecord(Record):
         device: Device type (`cpu` or `cuda`).
         prepare: The prepare step, for a method that chooses what to tune from data; None when
             the method was applied directly.
+        num_classes: Classes trained and tested on (CLIP protocols; None in other runs).
+        shots: CLIP protocols: training images per class (None in other runs).
+        novel: Base-to-novel: the evaluation on the novel classes (None in other runs).
     """
 
     task: str
     group: str
     top1: Annotated[float, Field(ge=0.0, le=100.0)]
     test_correct: Count
-    selected_epoch: Annotated[int, Field(ge=1)]
+    selected_epoch: Annotated[int, Field(ge=0)]
     selection: Selection
     history: list[EpochRecord]
     trainable_parameters: Count
@@ -138,6 +166,17 @@ class TaskRecord(Record):
     world_size: Annotated[int, Field(ge=1)]
     device: str
     prepare: PrepareRecord | None = None
+    num_classes: Annotated[int, Field(ge=1)] | None = None
+    shots: Annotated[int, Field(ge=1)] | None = None
+    novel: NovelRecord | None = None
+
+
+class BaseNovelMetric(Record):
+    """Base, novel and their harmonic mean HM = 2 B N / (B + N), in percent."""
+
+    base: Annotated[float, Field(ge=0.0, le=100.0)]
+    novel: Annotated[float, Field(ge=0.0, le=100.0)]
+    hm: Annotated[float, Field(ge=0.0, le=100.0)]
 
 
 class Metrics(Record):
@@ -148,12 +187,17 @@ class Metrics(Record):
         group_means: Group to the mean of its tasks.
         mean_of_tasks: Every task weighs the same.
         mean_of_group_means: Every group weighs the same (the VTAB-1k papers use both means).
+        base_novel: Base-to-novel runs: per task, base, novel and HM (None in other runs).
+        base_novel_mean: Base-to-novel runs: base and novel averaged over the tasks, and the HM
+            of those two averages (the convention of the base-to-novel tables).
     """
 
     top1: dict[str, float]
     group_means: dict[str, float]
     mean_of_tasks: float
     mean_of_group_means: float
+    base_novel: dict[str, BaseNovelMetric] | None = None
+    base_novel_mean: BaseNovelMetric | None = None
 
 
 class PeakMemory(Record):
@@ -177,13 +221,15 @@ class BackboneWeightsRecord(Record):
         checkpoint: `backbone.checkpoint` of the config (`micro`, or a file path).
         sha256: The content hash of the file loaded.
         origin: `committed` (the repository's file, hash verified before use), `cache` or
-            `pretrained` (pretrained on the machine that ran), or `file` (a path given by the user).
-        key: For the VTAB-micro backbone, the recipe key (config and pretraining code).
+            `pretrained` (pretrained on the machine that ran), `file` (a path given by the user),
+            or `open_clip` (the file open_clip downloaded for a pretrained tag; `checkpoint` is
+            `<model>/<tag>`).
+        key: For the VTAB-micro and VLM-micro backbones, the recipe key (config and pretraining code).
     """
 
     checkpoint: str
     sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
-    origin: Literal["committed", "cache", "pretrained", "file"]
+    origin: Literal["committed", "cache", "pretrained", "file", "open_clip"]
     key: str | None = None
 
 
@@ -242,7 +288,7 @@ class MeasuredRun(Record):
         wall_time_s: Total seconds.
         peak_memory: Peak memory over the tasks.
         hardware: CPU, cores, torch threads, GPU, platform.
-        versions: Python, torch, timm and CUDA versions.
+        versions: Python, torch, timm and CUDA versions (and open_clip's for CLIP runs).
         git: The state of the code that ran.
         created: UTC time the file was written (ISO 8601).
         backbone_weights: The backbone's weights by content (None: none loaded from a file,

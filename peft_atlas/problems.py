@@ -93,7 +93,8 @@ def validation_problems(
     for item in error.errors(include_url=False):
         loc = tuple(p for p in item["loc"] if not _is_union_tag(p))
         line = line_of(loc) if line_of is not None else 0
-        problems.append(Problem(file, line, ".".join(str(p) for p in loc), _message(item, loc, model, hints or {})))
+        problems.append(Problem(file, line, ".".join(str(p) for p in loc),
+                                _message(item, loc, model, hints or {}, tuple(item["loc"]))))
     return problems
 
 
@@ -103,13 +104,15 @@ def _is_union_tag(part: str | int) -> bool:
     return isinstance(part, str) and ("[" in part or part.startswith("function-"))
 
 
-def _message(item: Mapping[str, Any], loc: Location, model: type[BaseModel], hints: Hints) -> str:
+def _message(item: Mapping[str, Any], loc: Location, model: type[BaseModel], hints: Hints,
+             raw_loc: Location = ()) -> str:
     kind, given = item["type"], item.get("input")
     name = str(loc[-1]) if loc else ""
     if kind == "missing":
         return hints.get((kind, name), f"missing required field {name!r}")
     if kind == "extra_forbidden":
-        valid = _fields_at(model, loc[:-1])
+        # the location with its union tags, which say which member of a tagged union was validated
+        valid = _fields_at(model, (raw_loc or loc)[:-1])
         return f"unknown field {name!r}" + (f" (expected one of: {', '.join(valid)})" if valid else "")
     if kind == "value_error":  # raised by a validator: its message says what was expected
         return str(item.get("ctx", {}).get("error") or item["msg"].removeprefix("Value error, "))
@@ -143,6 +146,10 @@ def _inside(annotation: Any, part: str | int) -> Any:
     if origin is typing.Annotated:
         return _inside(args[0], part)
     if origin in (typing.Union, types.UnionType):
+        tagged = [arg for arg in args if typing.get_origin(arg) is typing.Annotated
+                  and any(getattr(meta, "tag", None) == part for meta in typing.get_args(arg)[1:])]
+        if tagged:  # `part` is the tag of a member of a tagged union: the member itself
+            return typing.get_args(tagged[0])[0]
         return next((found for arg in args if (found := _inside(arg, part)) is not None), None)
     if origin in (list, tuple, set, frozenset) and args:
         return args[0]

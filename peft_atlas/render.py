@@ -11,15 +11,20 @@ import json
 import re
 import posixpath
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
+from statistics import fmean
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from markupsafe import Markup, escape
 
 from .chart import BaseNovelPoint, Point, base_novel_svg, scatter_svg
 from .fidelity import PROXY_FOR, proxy_fidelity
-from .kb import KnowledgeBase, LoadedRow, base_novel_mismatches, harmonic_mean
+from .kb import KnowledgeBase, LoadedRow, base_novel_mismatches, harmonic_mean, task_group_means
+from .latex import SUBSCRIPTS, SUPERSCRIPTS
 from .mathml import MATH_IN_MARKDOWN
+from .base_novel import finish_row as finish_base_novel_row
+from .base_novel import measures as base_novel_measures
 from .spread import aggregate_seeds, mark_ties
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -38,15 +43,64 @@ SELECTION_LABELS = {
 }
 
 
+# A Markdown code span as Python-Markdown reads it: a run of backticks not escaped by a backslash,
+# then anything up to the same run, within one paragraph.
+_CODE_SPAN = re.compile(r"(?<!\\)(`+)((?:(?!\n[ \t]*\n).)+?)(?<!`)\1(?!`)", re.S)
+# Characters that Markdown (with arithmatex and tables) would act on inside inline HTML text.
+_MARKDOWN_SPECIALS = {"\\": "&#92;", "`": "&#96;", "*": "&#42;", "[": "&#91;", "]": "&#93;",
+                      "$": "&#36;", "|": "&#124;", "~": "&#126;", "^": "&#94;"}
+# An underscore that could open or close emphasis: one not between two letters or digits
+# (vit_base_patch16 stays readable; _x_ and __init__ do not become emphasis).
+_LOOSE_UNDERSCORE = re.compile(r"(?<![^\W_])_|_(?![^\W_])")
+
+
+def literal(value: object) -> str:
+    """Text that Markdown shows as it is: HTML escaped once, Markdown's own signs as entities."""
+    text = str(escape("" if value is None else value))
+    text = "".join(_MARKDOWN_SPECIALS.get(char, char) for char in text)
+    return _LOOSE_UNDERSCORE.sub("&#95;", text).replace("\n", " ")
+
+
+def code(value: object) -> Markup:
+    """A value as inline code, escaped exactly once.
+
+    A Markdown code span (`` `{{ value }}` `` in a template) escapes its text itself, so a value
+    the template had already escaped would show its entities (``&#39;`` for a quote). This writes
+    the ``<code>`` element instead, whose text Markdown leaves alone (safe in table cells too).
+    """
+    return Markup(f"<code>{literal(value)}</code>")
+
+
 def markdown_text(text: str) -> Markup:
-    """Markdown from a data file, with HTML escaped outside math and math kept for the build."""
+    """Markdown from a data file, with HTML escaped outside math and math kept for the build.
+
+    Code spans become ``<code>`` elements escaped once (Markdown would escape the entities of an
+    already escaped code span a second time, showing ``&lt;`` for ``<``). Display math is found
+    first, then code spans, then inline math, as Markdown and arithmatex read them.
+    """
+    out = []
+    for index, part in enumerate(re.split(r"(\$\$.+?\$\$)", text, flags=re.S)):
+        if index % 2:
+            out.append(part)
+            continue
+        last = 0
+        for match in _CODE_SPAN.finditer(part):
+            out.append(_escape_math(part[last:match.start()]))
+            out.append(code(match.group(2).strip()))
+            last = match.end()
+        out.append(_escape_math(part[last:]))
+    return Markup("".join(out))
+
+
+def _escape_math(text: str) -> str:
+    """HTML escaped outside inline math; the math kept as written for arithmatex."""
     out, last = [], 0
     for match in MATH_IN_MARKDOWN.finditer(text):
         out.append(html.escape(text[last:match.start()], quote=False))
         out.append(match.group(0))
         last = match.end()
     out.append(html.escape(text[last:], quote=False))
-    return Markup("".join(out))
+    return "".join(out)
 
 
 def cell(value: object) -> Markup:
@@ -54,14 +108,112 @@ def cell(value: object) -> Markup:
     return Markup(str(escape("" if value is None else value)).replace("|", "&#124;").replace("\n", " "))
 
 
-def code_cell(value: object) -> Markup:
-    """A value as inline code in a Markdown table cell, escaped once: a Markdown code span would
-    escape the entities of `cell` a second time (showing `&#39;` for a quote)."""
-    return Markup(f"<code>{cell(value)}</code>")
+# A sub- or superscript in a row label, written as in LaTeX: FacT-TK_{8}, E^{2}.
+_SCRIPT = re.compile(r"([_^])\{([^{}]*)\}")
+
+
+def scripts_html(text: str) -> Markup:
+    """A label with its ``_{...}`` and ``^{...}`` as ``<sub>``/``<sup>``, the rest escaped."""
+    out, last = [], 0
+    for match in _SCRIPT.finditer(text):
+        tag = "sub" if match.group(1) == "_" else "sup"
+        out.append(str(escape(text[last:match.start()])))
+        out.append(f"<{tag}>{escape(match.group(2))}</{tag}>")
+        last = match.end()
+    out.append(str(escape(text[last:])))
+    return Markup("".join(out))
+
+
+def scripts_text(text: str) -> str:
+    """A label with its ``_{...}`` and ``^{...}`` in Unicode (for charts and tooltips): sub- or
+    superscript characters where every character has one, else the text inline."""
+    def script(match: re.Match) -> str:
+        table = SUBSCRIPTS if match.group(1) == "_" else SUPERSCRIPTS
+        inner = match.group(2)
+        return "".join(table[c] for c in inner) if inner and all(c in table for c in inner) else inner
+    return _SCRIPT.sub(script, text)
+
+
+def plural(count: int, singular: str, plural_form: str | None = None) -> str:
+    """A count with its noun: ``1 paper``, ``2 papers`` (``plural_form`` when not ``-s``)."""
+    return f"{count} {noun(count, singular, plural_form)}"
+
+
+def noun(count: int, singular: str, plural_form: str | None = None) -> str:
+    """The noun that goes with a count (``paper`` for 1, ``papers`` otherwise)."""
+    return singular if count == 1 else (plural_form or singular + "s")
+
+
+def json_text(value: object) -> str:
+    """A value as JSON to read (the ``tojson`` filter escapes quotes for scripts instead)."""
+    return json.dumps(value, sort_keys=True, ensure_ascii=False)
+
+
+@dataclass(frozen=True)
+class Figure:
+    """A mean in a results table: printed by the source, or computed by the atlas from what the
+    source printed (``basis`` names what)."""
+
+    value: float
+    computed: bool = False
+    basis: str = "the printed tasks"
+
+
+def figure(value: Figure | None, digits: int = 2) -> Markup:
+    """A mean as shown in a table: printed as printed; computed in italics, with a title that
+    says so; missing as an em dash."""
+    if value is None:
+        return Markup("—")
+    text = f"{value.value:.{digits}f}"
+    if not value.computed:
+        return Markup(text)
+    return Markup('<em class="atlas-computed" title="computed by the atlas from {}">{}</em>').format(
+        value.basis, text)
+
+
+def reported_means(row, benchmark) -> dict:
+    """The group means and both mean conventions of a reported row.
+
+    A number the source prints is kept as printed; one it does not print is computed from the
+    printed tasks, when all the tasks it averages are printed (a mean of group means from
+    printed group means when the tasks are not all printed).
+
+    Returns:
+        ``groups`` (group id to a `Figure`), ``mean_of_tasks`` and ``mean_of_group_means``
+        (a `Figure` or None); with one group both conventions are the same number.
+    """
+    printed_convention = row.protocol.mean_convention if row.mean is not None else None
+    computed_groups = task_group_means(row.per_task, benchmark)
+    groups: dict[str, Figure] = {}
+    for group in benchmark.groups:
+        if group.id in row.group_means:
+            groups[group.id] = Figure(row.group_means[group.id])
+        elif group.id in computed_groups:
+            groups[group.id] = Figure(computed_groups[group.id], computed=True)
+    every_task = bool(row.per_task) and all(t in row.per_task for t in benchmark.task_ids())
+    single = len(benchmark.groups) == 1
+    if printed_convention == "mean-of-tasks" or (single and printed_convention):
+        mean_of_tasks = Figure(row.mean)
+    elif every_task:
+        mean_of_tasks = Figure(fmean(row.per_task[t] for t in benchmark.task_ids()), computed=True)
+    else:
+        mean_of_tasks = None
+    if printed_convention == "mean-of-group-means" or (single and printed_convention):
+        mean_of_group_means = Figure(row.mean)
+    elif every_task:
+        mean_of_group_means = Figure(fmean(computed_groups[g.id] for g in benchmark.groups), computed=True)
+    elif len(groups) == len(benchmark.groups):
+        mean_of_group_means = Figure(fmean(f.value for f in groups.values()), computed=True,
+                                     basis="the printed group means")
+    else:
+        mean_of_group_means = None
+    return {"groups": groups, "mean_of_tasks": mean_of_tasks, "mean_of_group_means": mean_of_group_means}
 
 
 def fenced(text: str, language: str) -> Markup:
-    """A fenced code block holding ``text`` verbatim (Markdown escapes code itself)."""
+    """A fenced code block holding ``text`` verbatim (Markdown escapes code itself), its fence
+    longer than any run of backticks in the text, so the text cannot close it."""
+    text = str(text).strip("\n")
     longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
     fence = "`" * max(3, longest + 1)
     return Markup(f"{fence}{language}\n{text}\n{fence}")
@@ -99,20 +251,28 @@ def make_environment() -> Environment:
     env = Environment(loader=FileSystemLoader(TEMPLATES), undefined=StrictUndefined,
                       autoescape=True, keep_trailing_newline=True, trim_blocks=True,
                       lstrip_blocks=True)
-    env.filters.update(md=markdown_text, cell=cell, code_cell=code_cell, number=number, params=params, fenced=fenced,
-                       rank=rank, spread=spread, lookup=lambda ids, table: [table.get(i, i) for i in ids])
-    env.globals.update(relative=relative, api_page=api_page, conventions=CONVENTION_LABELS, selections=SELECTION_LABELS)
+    env.filters.update(md=markdown_text, cell=cell, code=code, number=number, params=params, fenced=fenced,
+                       rank=rank, spread=spread, plural=plural, json_text=json_text, figure=figure,
+                       scripts=scripts_html,
+                       lookup=lambda ids, table: [table.get(i, i) for i in ids])
+    env.globals.update(relative=relative, api_page=api_page, conventions=CONVENTION_LABELS, selections=SELECTION_LABELS,
+                       noun=noun)
     return env
 
 
 def _row_context(kb: KnowledgeBase, loaded: LoadedRow) -> dict:
     row = loaded.row
     method = kb.methods.get(row.method)
+    benchmark = kb.benchmarks[loaded.benchmark]
+    label = row.label or (method.name if method else row.method)
     return {
         "row": row,
-        "benchmark": kb.benchmarks[loaded.benchmark],
+        "benchmark": benchmark,
+        "means": reported_means(row, benchmark),
         "method_name": method.name if method else row.method,
-        "label": row.label or (method.name if method else row.method),
+        # A label as the paper prints it: ``FacT-TK_{8}`` is shown as FacT-TK with a subscript 8.
+        "label": scripts_html(label),
+        "label_text": scripts_text(label),
         "file": loaded.file,
         "anchor": f"{posixpath.splitext(posixpath.basename(loaded.file))[0]}-{loaded.index}",
     }
@@ -196,7 +356,8 @@ def render_pages(kb: KnowledgeBase, extra: dict | None = None) -> dict[str, str]
         related = [(r, kb.methods[r.id]) for r in method.related if r.id in kb.methods]
         pages[path] = method_template.render(
             page=path, method=method, category=category, subtype=subtype,
-            reproduced=[r for r in measured if method.impl and r["impl"] == method.impl],
+            reproduced=[finish_base_novel_row(r) if r.get("base_novel") else dict(r, base_novel=None)
+                        for r in measured if method.impl and r["impl"] == method.impl],
             rows=rows_by_method.get(method.id, []), related=related,
             referenced_by=[kb.methods[i] for i in sorted(referenced_by.get(method.id, ()))],
             bib_entries=[kb.bib[k] for k in method.bib], **common)
@@ -204,14 +365,18 @@ def render_pages(kb: KnowledgeBase, extra: dict | None = None) -> dict[str, str]
     for benchmark in kb.benchmarks.values():
         rows = results_by_benchmark.get(benchmark.id, [])
         if benchmark.kind == "base-to-novel":
-            # Reported rows only: the harness measures no base-to-novel runs, so there is no
-            # reproduced section and no fidelity figure.
-            if rows:
+            # Reported rows and the harness's runs of a base-to-novel protocol (no fidelity figure).
+            reproduced = [dict(r, method=implemented_as.get(r["impl"])) for r in
+                          mark_ties([finish_base_novel_row(r) for r in measured if r["benchmark"] == benchmark.id])]
+            if rows or reproduced:
                 path = f"results/{benchmark.id}.md"
                 items = [_base_novel_item(item) for item in rows]
+                see_also = [other for other in kb.benchmarks.values()
+                            if other.kind == "base-to-novel" and other.id != benchmark.id
+                            and (results_by_benchmark.get(other.id) or any(r["benchmark"] == other.id for r in measured))]
                 pages[path] = env.get_template("results_base_novel.md.j2").render(
-                    page=path, benchmark=benchmark, rows=items,
-                    chart=Markup(_base_novel_chart(benchmark.name, items)),
+                    page=path, benchmark=benchmark, rows=items, reproduced=reproduced, see_also=see_also,
+                    chart=Markup(_base_novel_chart(benchmark.name, items, reproduced)),
                     disagreements=_base_novel_disagreements(items, benchmark), **common)
             continue
         reproduced = [dict(r, method=implemented_as.get(r["impl"]))
@@ -225,6 +390,7 @@ def render_pages(kb: KnowledgeBase, extra: dict | None = None) -> dict[str, str]
         pages[path] = env.get_template("results.md.j2").render(
             page=path, benchmark=benchmark, rows=rows, reproduced=reproduced,
             chart=Markup(_chart(benchmark.name, rows, reproduced)),
+            chart_caption=_chart_caption(benchmark, rows, reproduced),
             disagreements=_disagreements(rows), fidelity=fidelity, **common)
     if kb.impls:
         implemented_by = {m.impl: m for m in kb.methods.values() if m.impl}
@@ -248,7 +414,7 @@ def render_pages(kb: KnowledgeBase, extra: dict | None = None) -> dict[str, str]
 
 
 def _chart(benchmark_name: str, rows: list[dict], reproduced: list[dict]) -> str:
-    points = [Point(label=item["label"], params_m=item["row"].params_m, accuracy=item["row"].mean,
+    points = [Point(label=item["label_text"], params_m=item["row"].params_m, accuracy=item["row"].mean,
                     detail=f"{item['row'].source.bib}, {item['row'].source.table}; "
                            f"{CONVENTION_LABELS[item['row'].protocol.mean_convention]}")
               for item in rows if item["row"].mean is not None and item["row"].params_m]
@@ -256,9 +422,32 @@ def _chart(benchmark_name: str, rows: list[dict], reproduced: list[dict]) -> str
     # averaged over the seeds, with a bar of ± their standard deviation.
     points += [Point(label=r["impl"], params_m=r["trainable"] / 1e6, accuracy=r["mean_of_group_means"],
                      kind="reproduced", spread=r["mean_of_group_means_std"],
-                     detail=f"mean of group means over seeds {', '.join(map(str, r['seeds']))}")
+                     detail=f"mean of group means over {noun(len(r['seeds']), 'seed')} {', '.join(map(str, r['seeds']))}")
                for r in reproduced if r["trainable"]]
     return scatter_svg(points, f"{benchmark_name}: mean accuracy against trainable parameters")
+
+
+def _chart_caption(benchmark, rows: list[dict], reproduced: list[dict]) -> str:
+    """The caption of a results page's chart: what its points are, for the rows it plots."""
+    plotted = [item for item in rows if item["row"].mean is not None and item["row"].params_m]
+    runs = [r for r in reproduced if r["trainable"]]
+    parts = []
+    if plotted:
+        parts.append(f"Each circle is one row reported by a paper for {benchmark.name}: its mean as printed "
+                     "against its trainable parameters as printed; hover it for its source.")
+        conventions = {item["row"].protocol.mean_convention for item in plotted}
+        if len(benchmark.groups) > 1 and len(conventions) > 1:
+            parts.append("The papers average under different conventions (the mean of the tasks or of the "
+                         "group means), so circles are not strictly comparable.")
+    if runs:
+        seeds = sorted({len(r["seeds"]) for r in runs})
+        count = (plural(seeds[0], "seed") if len(seeds) == 1
+                 else f"{seeds[0]}–{seeds[-1]} seeds")
+        parts.append(f"Each diamond is one configuration run on {benchmark.name} by this repository: its mean "
+                     f"of group means over {count}" + (", with a bar of ± their standard deviation"
+                                                          if any(len(r["seeds"]) > 1 for r in runs) else "")
+                     + ", against its trainable parameters; hover it for its seeds.")
+    return " ".join(parts)
 
 
 def _base_novel_item(item: dict) -> dict:
@@ -272,12 +461,18 @@ def _base_novel_item(item: dict) -> dict:
                 recomputed_mean=harmonic_mean(average.base, average.novel) if average else None)
 
 
-def _base_novel_chart(benchmark_name: str, items: list[dict]) -> str:
-    points = [BaseNovelPoint(label=item["label"], base=item["row"].base_novel_mean.base,
+def _base_novel_chart(benchmark_name: str, items: list[dict], reproduced: list[dict] = ()) -> str:
+    points = [BaseNovelPoint(label=item["label_text"], base=item["row"].base_novel_mean.base,
                              novel=item["row"].base_novel_mean.novel,
                              source=f"{item['row'].source.bib}, {item['row'].source.table}",
                              detail=item["method_name"], inconsistent=bool(item["row"].known_inconsistency))
               for item in items if item["row"].base_novel_mean is not None]
+    # Runs of the harness: the mean over their seeds of the average base and novel accuracies.
+    points += [BaseNovelPoint(label=r["method"].name if r["method"] else r["impl"],
+                              base=r["base_novel"]["average"]["base"], novel=r["base_novel"]["average"]["novel"],
+                              source="reproduced by this repository (mean over seeds)",
+                              detail=f"seeds {', '.join(map(str, r['seeds']))}", kind="reproduced")
+               for r in reproduced]
     return base_novel_svg(points, f"{benchmark_name}: base-class against novel-class accuracy, "
                                   "average over the data sets")
 
@@ -367,7 +562,8 @@ def api_page(kb: KnowledgeBase, impl: str) -> str:
 
 
 # Benchmark id on the site for each data kind of the harness.
-BENCHMARK_OF_KIND = {"vtab-1k": "vtab-1k", "micro": "vtab-micro"}
+BENCHMARK_OF_KIND = {"vtab-1k": "vtab-1k", "micro": "vtab-micro", "clip-base-to-novel": "base-to-novel",
+                     "vlm-micro": "vlm-micro"}
 
 
 def measured_rows(kb: KnowledgeBase) -> list[dict]:
@@ -404,6 +600,10 @@ def measured_rows(kb: KnowledgeBase) -> list[dict]:
             "git_commit": run.git.commit,
             "versions": run.versions,
         })
+        if run.metrics.base_novel is not None:  # base-to-novel: base, novel and HM; the average HM scores it
+            found = base_novel_measures(run.metrics)
+            rows[-1].update(per_task=found, group_means={}, mean_of_tasks=found["average.hm"],
+                            mean_of_group_means=found["average.hm"], base_novel=True)
     return sorted(rows, key=lambda row: (row["benchmark"], row["impl"], row["variant"]))
 
 

@@ -18,7 +18,7 @@ from peft_atlas.cli import main
 from peft_atlas.measured import MeasuredFileError, load_measured_runs, read_measured_run
 
 REPO = Path(__file__).resolve().parents[1]
-RUN = "benchmarks/measured/vtab-micro/lora.json"
+RUN = "benchmarks/measured/vtab-micro/lora-seed0.json"
 
 
 @pytest.fixture

@@ -90,12 +90,70 @@ def test_results_table_sorts_by_a_column(page, served_site):
     page.goto(f"{served_site}/results/vtab-1k.html")
     page.wait_for_load_state("networkidle")
     table = page.locator("article table").filter(has_text="CIFAR-100").first
-    header = table.locator("thead th", has_text=re.compile(r"^Mean$"))
+    header = table.locator("thead th", has_text=re.compile(r"^Mean of group means$"))
     header.click()
-    index = [th.inner_text().strip(" ▲▼") for th in table.locator("thead th").all()].index("Mean")
+    index = [th.inner_text().strip(" ▲▼") for th in table.locator("thead th").all()].index("Mean of group means")
     values = [row.locator("td").nth(index).inner_text() for row in table.locator("tbody tr").all()]
     numbers = [float(v) for v in values if v != "—"]
-    assert numbers == sorted(numbers) and len(numbers) >= 10
+    assert numbers == sorted(numbers) and len(numbers) >= 40  # printed or computed, every row has one
     assert header.get_attribute("aria-sort") == "ascending"
+    hosts = {urlparse(url).hostname for url in page.requested}
+    assert hosts == {"127.0.0.1"}
+
+
+def _box(locator) -> dict:
+    box = locator.bounding_box()
+    assert box is not None
+    return box
+
+
+@pytest.mark.parametrize("width, height", [(1400, 1000), (390, 844)])
+def test_wide_results_table_keeps_its_method_column_and_header_in_view(page, served_site, width, height):
+    """A results table wider and taller than the window scrolls inside its frame: the method
+    column stays put while the numbers scroll sideways, and the header row stays at the top while
+    the rows scroll up. The page gives the table the whole width of the window."""
+    page.set_viewport_size({"width": width, "height": height})
+    page.goto(f"{served_site}/results/vtab-1k.html")
+    page.wait_for_load_state("networkidle")
+    table = page.locator("article table").filter(has_text="CIFAR-100").first
+    frame = table.locator("xpath=ancestor::div[contains(@class, 'md-typeset__scrollwrap')]")
+    assert frame.count() == 1, "the theme wraps each table in a scrolling frame"
+    # bring the frame's top just under the site header
+    page.evaluate("""(frame) => {
+        const header = document.querySelector('.md-header').getBoundingClientRect().bottom;
+        window.scrollBy(0, frame.getBoundingClientRect().top - header - 8);
+    }""", frame.element_handle())
+    method = table.locator("tbody tr").first.locator("td").first
+    number = table.locator("tbody tr").first.locator("td").nth(12)
+    head = table.locator("thead th").first
+    before_method, before_number, before_head = _box(method), _box(number), _box(head)
+
+    frame_box = _box(frame)
+    page.mouse.move(frame_box["x"] + frame_box["width"] / 2, frame_box["y"] + min(frame_box["height"], height) / 3)
+    page.mouse.wheel(600, 0)
+    page.wait_for_function("(frame) => frame.scrollLeft > 0", arg=frame.element_handle())
+    page.wait_for_timeout(200)
+    assert abs(_box(method)["x"] - before_method["x"]) < 1, "the method column stays where it was"
+    assert abs(_box(head)["x"] - before_head["x"]) < 1
+    assert _box(number)["x"] < before_number["x"] - 100, "the numbers scrolled sideways"
+
+    page.mouse.wheel(0, 400)
+    page.wait_for_function("(frame) => frame.scrollTop > 0", arg=frame.element_handle())
+    page.wait_for_timeout(200)
+    header_bottom = page.evaluate("document.querySelector('.md-header').getBoundingClientRect().bottom")
+    head_now = _box(head)
+    assert abs(head_now["y"] - before_head["y"]) < 1, "the header row stays at the top of the frame"
+    assert head_now["y"] >= header_bottom - 1 and head_now["y"] + head_now["height"] <= height
+    assert _box(method)["y"] < before_method["y"] - 100, "the rows scrolled up under the header"
+    assert abs(_box(method)["x"] - before_method["x"]) < 1
+
+    widths = page.evaluate("""() => {
+        const inner = document.querySelector('.md-main__inner');
+        const rem = parseFloat(getComputedStyle(document.documentElement).fontSize);
+        return {inner: inner.getBoundingClientRect().width, window: document.documentElement.clientWidth,
+                grid: 61 * rem, content: document.querySelector('.md-content').getBoundingClientRect().width};
+    }""")
+    assert widths["inner"] >= widths["window"] - 1, f"the results page uses the whole width: {widths}"
+    assert frame_box["width"] >= widths["content"] - 1 if width < 1000 else frame_box["width"] >= 0.9 * widths["content"]
     hosts = {urlparse(url).hostname for url in page.requested}
     assert hosts == {"127.0.0.1"}

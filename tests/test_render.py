@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import bibtexparser
 import jinja2
@@ -112,13 +113,13 @@ def test_reproduced_rows_are_shown_beside_reported_ones(mini_kb):
     assert "## Reported results" in page and "## Reproduced by this repository" in page
     # Two seeds make one row: their mean, with the sample standard deviation (of 50 and 54: 2.83).
     for seed in (0, 1):
-        assert f"`peft-atlas bench benchmarks/experiments/lora/default.yaml --data-root /data --seed {seed}`" in page
-        assert f"benchmarks/measured/lora/default-seed{seed}.json" in page
+        assert f"<code>peft-atlas bench benchmarks/experiments/lora/default.yaml --data-root /data --seed {seed}</code>" in page
+        assert f"<code>benchmarks/measured/lora/default-seed{seed}.json</code>" in page
     assert "| 1 | [LoRA](../methods/lora.md) | default | 2 |" in page and "52.00 ± 2.83" in page
     assert "selected on val200" in page
     assert 'class="point reproduced"' in page and 'class="point reported"' in page and 'class="spread"' in page
     card = pages["methods/lora.md"]
-    assert "| default | 2 | 52.00 ± 2.83 | 52.00 ± 2.83 |" in card and "--data-root /data --seed 1`" in card
+    assert "| default | 2 | 52.00 ± 2.83 | 52.00 ± 2.83 |" in card and "--data-root /data --seed 1</code>" in card
 
 
 def test_generation_scaling_benchmark_runs_on_a_valid_synthetic_knowledge_base():
@@ -196,14 +197,14 @@ def test_card_lists_the_presets_and_uses_one(mini_kb):
     assert ("| <code>vtab-1k</code> | <code>r=8, targets=(&#39;qkv&#39;,)</code> | 294,912 | "
             "hu2022lora: experiments/LoRA/x.yaml — Same count as q and v apart. |") in table
     assert "| <code>vtab-1k/dtd</code> | <code>r=4</code> | 147,456 | hu2022lora: a config file |" in table
-    assert "| 0.29 (`vtab-1k`) |" in card.split("## Reported results", 1)[1]
+    assert "| 0.29 (<code>vtab-1k</code>) |" in card.split("## Reported results", 1)[1]
     # without presets: no table, and the snippet applies the defaults
     plain = render_pages(kb)["methods/lora.md"]
     assert "## Presets" not in plain and 'ri.apply(model, "lora")\n' in plain
 
 
 def test_cards_of_the_repository_list_every_preset():
-    from peft_atlas.render import load_generated_data
+    from peft_atlas.render import code, load_generated_data
 
     kb, _ = load(REPO, check_math=False)
     extra = load_generated_data(REPO)
@@ -213,7 +214,7 @@ def test_cards_of_the_repository_list_every_preset():
         card = pages[f"methods/{method.id}.md"]
         assert ("## Presets" in card) == bool(names), method.id
         for name in names:
-            assert f"| <code>{name}</code> |" in card, (method.id, name)
+            assert f"| {code(name)} |" in card, (method.id, name)
     assert 'ri.apply(model, "noah", preset="vtab-1k/cifar100")' in pages["methods/noah.md"]
 
 
@@ -282,3 +283,190 @@ def test_repository_base_to_novel_page_renders_every_row():
     for line, loaded in zip(lines, rows):
         assert line.endswith(f"#{loaded.row.source.bib}), {loaded.row.source.table} |")
     assert "<svg" in page and "## Rows whose source contradicts itself" in page
+
+
+# ---------------------------------------------------------------- text for people
+
+ENTITY = re.compile(r"&(#\d+|#x[0-9a-fA-F]+|[a-zA-Z]+);")
+
+
+def visible_text(markdown_page: str) -> str:
+    """What a reader sees of a generated page: its Markdown converted with the site's extensions,
+    tags stripped, entities decoded once."""
+    import html
+
+    import markdown
+
+    body = markdown.markdown(markdown_page, extensions=[
+        "admonition", "attr_list", "md_in_html", "tables", "pymdownx.superfences", "pymdownx.highlight",
+        "pymdownx.arithmatex"], extension_configs={"pymdownx.arithmatex": {"generic": True}})
+    return html.unescape(re.sub(r"<[^>]+>", "", body))
+
+
+def test_values_in_code_are_escaped_once(mini_kb):
+    """Quotes, ampersands and angle brackets in code (a Markdown field's code span, a preset's
+    options, a command) show as themselves, never as `&#39;` or `&lt;`."""
+    from peft_atlas.render import load_generated_data
+
+    edit(mini_kb, "taxonomy/methods/lora.yaml", "with rank $r$.",
+         "with rank $r$; presets `vtab-1k/<task>` and `a & 'b' \"c\"`.")
+    (mini_kb / "reference_impls").mkdir()
+    write(mini_kb, "reference_impls/lora.py", 'register("lora", LoRAConfig, apply_lora, mergeable=True)\n')
+    edit(mini_kb, "taxonomy/methods/lora.yaml", "mergeable: true", "mergeable: true\nimpl: lora")
+    edit(mini_kb, "taxonomy/reported/vtab-1k/hu2022lora.yaml", "    params_m: 0.29\n",
+         "    params_m: 0.29\n    preset: vtab-1k\n")
+    presets = {"vtab-1k": {"options": "targets=('qkv',), act='x|y', scale=2*d", "source": "hu2022lora: a <b> & 'c'",
+                           "note": "", "method": 1, "head": 2, "trainable": 3}}
+    counts = [{"config": "r=8, targets=('qkv', 'proj')", "method": 1, "head": 2, "trainable": 3}]
+    write(mini_kb, "reference_impls/param_counts.json",
+          json.dumps({"methods": {"lora": counts}, "presets": {"lora": presets}}))
+    kb, problems = load(mini_kb)
+    assert problems == []
+    card = visible_text(render_pages(kb, load_generated_data(mini_kb))["methods/lora.md"])
+    assert "vtab-1k/<task>" in card and "a & 'b' \"c\"" in card
+    assert "targets=('qkv',), act='x|y', scale=2*d" in card and "r=8, targets=('qkv', 'proj')" in card
+    assert "a <b> & 'c'" in card
+    assert not ENTITY.search(card), ENTITY.search(card)
+
+
+def test_efficiency_page_shows_measured_text_escaped_once(mini_kb):
+    document = json.loads((REPO / "benchmarks/measured/efficiency.json").read_text(encoding="utf-8"))
+    conditions = document["conditions"]
+    conditions.update(model="vit_'tiny'", model_kwargs={"img_size": 32, "act": "it's"},
+                      cpu="Xeon 'Gold' & <fast>", git_commit="0123456789abcdef")
+    document["command"] = "python benchmarks/efficiency.py --methods 'lora' && echo <done>"
+    document["methods"][0]["remeasured"] = {"why": "It's \"re-run\" & <checked>.", "date": "today",
+                                            "command": "python 'x'"}
+    kb, problems = load(mini_kb)
+    assert problems == []
+    page = visible_text(render_pages(kb, {"efficiency": document})["efficiency.md"])
+    assert "vit_'tiny'" in page and '{"act": "it\'s", "img_size": 32}' in page
+    assert "Xeon 'Gold' & <fast>" in page and "--methods 'lora' && echo <done>" in page
+    assert not ENTITY.search(page), ENTITY.search(page)
+
+
+def test_bibtex_text_is_shown_in_unicode():
+    from peft_atlas.latex import latex_to_unicode
+
+    cases = {
+        r"Scaling \& Shifting Your Features": "Scaling & Shifting Your Features",
+        r"{E$^2$VPT}: An Effective Approach": "E²VPT: An Effective Approach",
+        r"E\(^2\)VPT and E$^{2}$VPT": "E²VPT and E²VPT",
+        r"Computer Vision -- ECCV 2022": "Computer Vision – ECCV 2022",
+        r"Glasgow, UK, August 23--28, 2020": "Glasgow, UK, August 23–28, 2020",
+        r"one---two": "one—two",
+        r"Andr{\'e} Susano Pinto": "André Susano Pinto",
+        r"Andr\'e, G\"{o}del, \c{C}a\u{g}r{\i}, Dvo\v{r}\'ak, Erd\H{o}s, Bj\o rn, Gro\ss e": "André, Gödel, Çağrı, Dvořák, Erdős, Bjørn, Große",
+        r"{\'\i}, \`a, \^o, \~n, {\AA}ngstr{\"o}m": "í, à, ô, ñ, Ångström",
+        r"{BitFit}: Simple {Parameter-efficient} {NLP}": "BitFit: Simple Parameter-efficient NLP",
+        r"\emph{Deep} \textbf{Nets} \textit{x}": "Deep Nets x",
+        r"``Quoted'' 100\% \$5 A~B": "“Quoted” 100% $5 A\u00a0B",
+        r"$\alpha$-LoRA, $x_{1}$, $\mathcal{O}(n^2)$": "α-LoRA, x₁, O(n²)",
+        "  spread\n  over lines ": "spread over lines",
+    }
+    for latex, text in cases.items():
+        assert latex_to_unicode(latex) == text, latex
+
+
+def test_bibliography_entries_display_unicode_and_keep_their_bibtex():
+    kb, _ = load(REPO, check_math=False)
+    ssf, e2vpt, vtab = kb.bib["lian2022scaling"], kb.bib["han2023e2vpt"], kb.bib["zhai2019large"]
+    assert ssf.title.startswith("Scaling & Shifting Your Features") and r"Scaling \& Shifting" in ssf.source_text
+    assert e2vpt.title.startswith("E²VPT:") and "{E$^2$VPT}" in e2vpt.source_text
+    assert kb.bib["jia2022visual"].venue == "Computer Vision – ECCV 2022"
+    assert kb.bib["xing2024survey"].venue == "Computers & Graphics"
+    assert "André Susano Pinto" in vtab.authors
+    for entry in kb.bib.values():
+        for text in (entry.title, entry.venue, *entry.authors):
+            assert not re.search(r"[\\{}$]|--|~", text), (entry.key, text)
+    page = render_pages(kb)["bibliography.md"]
+    assert "### Scaling &amp; Shifting Your Features" in page and "### E²VPT: An Effective" in page
+    assert r"title         = {Scaling \& Shifting Your Features" in page  # the copy box, as written
+
+
+def test_counts_are_pluralized(mini_kb):
+    from peft_atlas.render import plural
+
+    assert (plural(1, "paper"), plural(2, "paper"), plural(0, "class", "classes")) == ("1 paper", "2 papers", "0 classes")
+    kb, problems = load(mini_kb)
+    assert problems == []
+    home = visible_text(render_pages(kb)["index.md"])
+    assert "VTAB-1k: 1 reported row from 1 paper." in home
+    assert "2 methods · 2 papers · 1 reported result on 1 benchmark · 0 reference implementations" in " ".join(home.split())
+
+
+def test_results_intro_has_no_gap_for_a_single_group_benchmark():
+    kb, _ = load(REPO, check_math=False)
+    pages = render_pages(kb)
+    for path in ("results/fgvc.md", "results/vtab-1k.md"):
+        intro = " ".join(visible_text(pages[path]).split())
+        assert not re.search(r"\s[,.;:]", intro), (path, re.search(r".{30}\s[,.;:].{30}", intro))
+        assert "Convention says how the paper averaged" in intro
+
+
+def test_each_chart_caption_describes_its_own_benchmark_and_points():
+    from peft_atlas.render import load_generated_data
+
+    kb, _ = load(REPO, check_math=False)
+    pages = render_pages(kb, load_generated_data(REPO))
+    captions = {}
+    for benchmark in kb.benchmarks.values():
+        page = pages.get(f"results/{benchmark.id}.md")
+        if page is None or "<figcaption>" not in page or benchmark.kind == "base-to-novel":
+            continue
+        figure = page.split('<figure class="atlas-figure"', 1)[1].split("</figure>", 1)[0]
+        caption = figure.split("<figcaption>", 1)[1].split("</figcaption>", 1)[0]
+        captions[benchmark.id] = caption
+        assert benchmark.name in caption, benchmark.id
+        assert ('class="point reported"' in figure) == ("reported by a paper" in caption), benchmark.id
+        assert ('class="point reproduced"' in figure) == ("run on" in caption), benchmark.id
+    assert {"vtab-1k", "vtab-micro", "fgvc"} <= set(captions)
+    assert len(set(captions.values())) == len(captions)
+    assert "not strictly comparable" not in captions["fgvc"]  # one group: one convention
+
+
+def test_facets_list_their_methods_apart_and_say_when_there_are_none():
+    kb, _ = load(REPO, check_math=False)
+    home = render_pages(kb)["index.md"]
+    rows = [line for line in home.split("| Facet | Value | Methods |", 1)[1].split("\n\n", 1)[0].splitlines()
+            if line.startswith("| ") and not line.startswith("|---")]
+    assert len(rows) >= 5
+    for row in rows:
+        methods = row.split(" | ")[2].rstrip(" |")
+        assert methods, row
+        links = re.findall(r"\[[^\]]+\]\([^)]+\)", methods)
+        assert methods == "none in the atlas yet" or methods == ", ".join(links), row
+    assert "| Adapter role | Cross-modal fusion adapter | none in the atlas yet |" in home
+
+
+def test_reported_rows_show_group_means_and_both_conventions_marked_when_computed(mini_kb):
+    kb, problems = load(mini_kb)
+    assert problems == []
+    page = render_pages(kb)["results/vtab-1k.md"]
+    computed = '<em class="atlas-computed" title="computed by the atlas from the printed tasks">70.00</em>'
+    assert "| Natural | Specialized | Structured | Mean of tasks | Mean of group means | Convention |" in page
+    # the row prints its 19 tasks and its mean of tasks: the groups and the other mean are computed
+    assert f"| {computed} | {computed} | {computed} | 70.00 | {computed} |" in page
+    assert "computed by the atlas" in visible_text(page)
+
+
+def test_every_repository_row_with_all_its_tasks_shows_every_mean():
+    kb, _ = load(REPO, check_math=False)
+    pages = render_pages(kb)
+    for benchmark_id in ("vtab-1k", "fgvc"):
+        benchmark = kb.benchmarks[benchmark_id]
+        rows = [r.row for r in kb.results if r.benchmark == benchmark_id]
+        table = pages[f"results/{benchmark_id}.md"].split("## Reported results", 1)[1].split("\n## ", 1)[0]
+        lines = [line for line in table.splitlines() if line.startswith("| [")]
+        assert len(lines) == len(rows)
+        tasks = len(benchmark.task_ids())
+        means = len(benchmark.groups) + 2 if len(benchmark.groups) > 1 else 1
+        for line, row in zip(lines, rows):
+            cells = [c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]]
+            shown = cells[2 + tasks:2 + tasks + means]
+            if len(row.per_task) == tasks:
+                assert "—" not in shown, (row.source, row.label, shown)
+            if row.mean is not None:  # the printed mean, upright and as printed
+                assert f"{row.mean:.2f}" in shown, (row.label, shown)
+            for group, value in row.group_means.items():
+                assert f"{value:.2f}" in shown

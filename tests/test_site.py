@@ -135,3 +135,81 @@ def test_api_pages_render_every_method_and_its_config_docstrings(site):
     for documented in ("list_methods", "prepare", "save_adapter", "MethodConfig", "wrap_linear_targets",
                        "clip_logits", "ClipClassifier"):
         assert documented in shared, documented
+
+
+def _visible_text(page: Path, drop: str = "script|style") -> str:
+    """A page's text as a reader sees it: elements in ``drop`` removed, tags stripped, entities
+    decoded once."""
+    import html
+
+    text = re.sub(rf"<({drop})\b.*?</\1\s*>", " ", page.read_text(encoding="utf-8"), flags=re.S | re.I)
+    return html.unescape(re.sub(r"<[^>]+>", "", text))
+
+
+def test_no_page_shows_an_escaped_character_as_text(site):
+    """Text escaped twice (a template's escaping, then a Markdown code span's) shows its entities:
+    `&#39;` for a quote. No built page may show one."""
+    entity = re.compile(r"&(#\d+|#x[0-9a-fA-F]+|amp|quot|lt|gt|apos|nbsp);")
+    shown = {}
+    for page in sorted(site.rglob("*.html")):
+        found = [match.group(0) for match in entity.finditer(_visible_text(page))]
+        if found:
+            shown[str(page.relative_to(site))] = sorted(set(found))
+    assert shown == {}
+
+
+def test_no_latex_from_bibtex_in_prose(site):
+    """Titles, venues and authors from BibTeX are shown in Unicode in prose, navigation and tables
+    of contents: no backslash, no `--` for a dash, no braces or `$`; the copy boxes keep the BibTeX
+    as written."""
+    from peft_atlas.kb import load
+
+    backslash, dashes = {}, {}
+    for page in sorted(site.rglob("*.html")):
+        prose = _visible_text(page, drop="script|style|pre|code|math|svg")
+        if "\\" in prose:
+            backslash[str(page.relative_to(site))] = re.findall(r".{0,30}\\.{0,30}", prose)
+        # `--` only as a command-line option (--seed), never as a dash
+        if re.search(r"--(?![a-z])", prose):
+            dashes[str(page.relative_to(site))] = re.findall(r".{0,30}--(?![a-z]).{0,30}", prose)
+    assert backslash == {} and dashes == {}
+    kb, _ = load(REPO, check_math=False)
+    bibliography = _visible_text(site / "bibliography.html", drop="script|style|pre|code")
+    for entry in kb.bib.values():
+        assert entry.title in bibliography and entry.venue in bibliography, entry.key
+        assert not re.search(r"[\\{}$~]|--", entry.title + entry.venue + "".join(entry.authors)), entry.key
+    assert "Scaling & Shifting Your Features" in bibliography and "E²VPT: An Effective" in bibliography
+    assert "Computer Vision – ECCV 2022" in bibliography and "André Susano Pinto" in bibliography
+    raw = re.sub(r"<[^>]+>", "", (site / "bibliography.html").read_text(encoding="utf-8"))
+    assert r"{Scaling \&amp; Shifting Your Features" in raw and "{{E$^2$VPT}:" in raw
+
+
+def test_counts_agree_with_their_nouns(site):
+    """`1 papers`: a count of one is followed by a singular noun on every page."""
+    nouns = ("papers|methods|rows|results|benchmarks|implementations|seeds|rounds|cores|threads|"
+             "times|tasks|groups|sources|runs|entries|points|configurations|presets|classes|means")
+    counted = re.compile(rf"(?<![\d.,±\w-])1 (?:(?:reported|reference|torch|warm-up) )?({nouns})\b")
+    wrong = {}
+    for page in sorted(site.rglob("*.html")):
+        prose = " ".join(_visible_text(page, drop="script|style|pre|code|math|svg").split())
+        found = [m.group(0) for m in counted.finditer(prose)]
+        if found:
+            wrong[str(page.relative_to(site))] = found
+    assert wrong == {}
+    home = " ".join(_visible_text(site / "index.html").split())
+    assert "FGVC: 8 reported rows from 1 paper." in home
+
+
+def test_results_pages_mark_the_means_the_atlas_computed(site):
+    vtab = (site / "results/vtab-1k.html").read_text(encoding="utf-8")
+    table = vtab.split('id="reported-results"', 1)[1].split("</table>", 1)[0]
+    assert table.count('class="atlas-computed"') >= 33 * 4
+    assert 'title="computed by the atlas from the printed tasks"' in table
+    headers = [re.sub(r"<[^>]+>", "", h).strip() for h in re.findall(r"<th[^>]*>(.*?)</th>", table, flags=re.S)]
+    means = [headers.index(name) for name in ("Natural", "Specialized", "Structured", "Mean of tasks",
+                                              "Mean of group means")]
+    rows = re.findall(r"<tr>(.*?)</tr>", table.split("<tbody>", 1)[1], flags=re.S)
+    assert len(rows) >= 40
+    for row in rows:  # every row prints its 19 tasks: every group mean and both means are shown
+        cells = re.findall(r"<td[^>]*>(.*?)</td>", row, flags=re.S)
+        assert all(re.sub(r"<[^>]+>", "", cells[i]).strip() != "—" for i in means), row[:200]

@@ -58,7 +58,8 @@ def reproduce_command(config_path: Path, seed: int, data_root: str | None, out: 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     """The arguments of `peft-atlas bench` and of `python -m peft_atlas.bench.cli`."""
     parser.add_argument("config", help="experiment config, e.g. benchmarks/experiments/lora/default.yaml")
-    parser.add_argument("--data-root", help="folder of the VTAB-1k tasks (overrides data.root)")
+    parser.add_argument("--data-root", help="folder of the tasks: VTAB-1k, or the data sets of a CLIP protocol "
+                                            "(overrides data.root)")
     parser.add_argument("--out", help="measured-results file to write (default: benchmarks/measured/<method>/<variant>-seed<N>.json)")
     parser.add_argument("--seed", type=int, help="seed (overrides the config's seed)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -109,8 +110,17 @@ def run_bench(args: argparse.Namespace) -> int:
         write_results(out, config, results, command)
         metrics = summarize(results)
         for r in results:
-            print(f"{r.task:>16}  {r.group:<12} top-1 {r.top1:6.2f}  (epoch {r.selected_epoch}, {r.selection})")
-        print(f"mean of tasks {metrics.mean_of_tasks:.2f}, mean of group means {metrics.mean_of_group_means:.2f}")
+            if r.novel is not None:
+                hm = metrics.base_novel[r.task].hm
+                print(f"{r.task:>16}  base {r.top1:6.2f}  novel {r.novel.top1:6.2f}  HM {hm:6.2f}  "
+                      f"(epoch {r.selected_epoch}, {r.selection})")
+            else:
+                print(f"{r.task:>16}  {r.group:<12} top-1 {r.top1:6.2f}  (epoch {r.selected_epoch}, {r.selection})")
+        if metrics.base_novel_mean is not None:
+            mean = metrics.base_novel_mean
+            print(f"average base {mean.base:.2f}, novel {mean.novel:.2f}, HM {mean.hm:.2f}")
+        else:
+            print(f"mean of tasks {metrics.mean_of_tasks:.2f}, mean of group means {metrics.mean_of_group_means:.2f}")
         print(f"wrote {_shown(out)}")
     return 0
 

@@ -14,7 +14,9 @@ Contract with the data sources (VTAB-1k folders in `vtab.py`, VTAB-micro in `mic
   at the epoch chosen by the selection rule (never the best test epoch).
 - `run_experiment(config, *, quiet=False) -> list[TaskRecord]` loads every task of
   `config.data` (`kind: vtab-1k` reads folders; `kind: micro` calls
-  `peft_atlas.bench.micro.load_micro_task(name, seed)`) and runs them in order.
+  `peft_atlas.bench.micro.load_micro_task(name, seed)`) and runs them in order. The CLIP
+  protocols (`clip-few-shot`, `clip-base-to-novel`, `vlm-micro`) run in
+  [`clip_runner`][peft_atlas.bench.clip_runner] instead.
 - `peft_atlas.bench.results.write_results(path, config, task_results, command)` writes the
   measured run; a config with `cheap_to_reproduce: true` marks a run that the test suite re-runs.
 - The loop works in one process or under `torchrun` (DistributedDataParallel, gloo on CPU, nccl
@@ -41,7 +43,7 @@ import reference_impls as ri
 from ..measured import PrepareRecord, TaskRecord
 from . import training
 from .backbone import build_backbone
-from .config import ExperimentConfig, parse_config
+from .config import CLIP_KINDS, ExperimentConfig, parse_config
 from .data_types import TaskData
 from .distributed import all_reduce, deterministic, max_rss_bytes, rank_and_world, seed_everything, select_device
 from .micro import load_micro_task
@@ -137,9 +139,19 @@ def run_task(config: ExperimentConfig, task: TaskData, *, quiet: bool = False) -
 def resolve_config(config: ExperimentConfig) -> ExperimentConfig:
     """Fill in what the config leaves implicit: the task list and an absolute data root.
 
-    The result is what measured runs record, so that a run can be repeated from it alone.
+    The result is what measured runs record, so that a run can be repeated from it alone. The
+    CLIP protocols also make their shots explicit (16 unless given).
     """
     data = config.model_dump()
+    kind = data["data"]["kind"]
+    if kind in CLIP_KINDS:
+        from .clip_data import BASE_TO_NOVEL_TASKS
+        from .vlm_micro import SHOTS, VLM_MICRO_TASKS
+
+        if data["data"]["shots"] is None:
+            data["data"]["shots"] = SHOTS
+        if data["data"]["tasks"] is None:
+            data["data"]["tasks"] = list(VLM_MICRO_TASKS if kind == "vlm-micro" else BASE_TO_NOVEL_TASKS)
     if data["data"]["tasks"] is None:
         data["data"]["tasks"] = list(VTAB_TASKS)
     if data["data"]["root"] is not None:
@@ -188,6 +200,10 @@ def run_experiment(config: ExperimentConfig, *, quiet: bool = False) -> list[Tas
         BackboneError: If the backbone cannot be built as configured.
     """
     config = resolve_config(config)
+    if config.data.kind in CLIP_KINDS:
+        from .clip_runner import run_clip_experiment
+
+        return run_clip_experiment(config, quiet=quiet)
     results = []
     for name in config.data.tasks:
         started = time.perf_counter()

@@ -1,0 +1,376 @@
+"""VLM-micro: every vision-language method, base-to-novel, on a CPU, with nothing to download.
+
+For each CLIP method this writes an experiment config, `benchmarks/experiments/<method>/vlm-micro.yaml`
+(the method's options below, the VLM-micro CLIP, the `shapes` task with 16 shots per base class,
+the training settings below and the method's learning rate), and runs it with `peft-atlas bench`
+in its own process, once per seed, which writes
+`benchmarks/measured/vlm-micro/<method>-seed<N>.json` with full provenance. The CLIP model is the
+committed one (see `peft_atlas.bench.vlm_micro.vlm_micro_weights`).
+
+Learning rates are chosen per method on the validation split, never on test accuracy, by
+
+    python benchmarks/vlm_micro.py --select-lr
+
+which trains each method with seed 0 at its group's rate in `LR_GROUPS` times 1/3, 1 and 3 and
+keeps the rate with the best validation accuracy of the reported model (the validation images
+of the base classes, classified after the last epoch; a tie goes to the lower rate). While the
+best rate is at an end of what was tried, one more rate 3 times past that end is tried, at most
+`MAX_EXTENSIONS` times. The novel classes play no part in the choice: they stand for classes
+nobody has seen when the method is tuned. The score of every rate, the CLIP model's hash and the
+winner go to `benchmarks/experiments/vlm-micro-lr.yaml`; the winner's run is the method's seed-0
+result. Methods with nothing to train (zero-shot CLIP, Tip-Adapter) have no rate to choose.
+
+Every method then runs with the seeds of `SEEDS`; a run already there with the same config and
+seed on the same CLIP model is kept, so an interrupted suite resumes.
+
+Usage (paths are relative to the repository):
+
+    python benchmarks/vlm_micro.py --select-lr --jobs 2   # choose the rates, then every seed
+    python benchmarks/vlm_micro.py --jobs 2               # every seed at the chosen rates
+    python benchmarks/vlm_micro.py --methods coop cocoop --seeds 0
+
+`--jobs N` runs N trainings at once, each with cores/N torch threads (`--threads` to set them;
+results depend on the thread count, which every run records).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "benchmarks" / "experiments"
+MEASURED = REPO / "benchmarks" / "measured" / "vlm-micro"
+CANDIDATES = REPO / "build" / "vlm-micro-lr"
+SELECTED = CONFIGS / "vlm-micro-lr.yaml"
+CONFIG_NAME = "vlm-micro.yaml"
+
+TRAIN: dict[str, Any] = {
+    "epochs": 5,
+    "batch_size": 32,
+    "eval_batch_size": 500,
+    "optimizer": "sgd",
+    "momentum": 0.9,
+    "weight_decay": 0.0005,
+    "schedule": "cosine",
+    "warmup_epochs": 1,
+    "device": "cpu",
+}
+"""Training settings shared by every method (the learning rate is the method's own): SGD with a
+cosine schedule after one warmup epoch, as CoOp's and CoCoOp's configs train; 5 epochs of the
+512 training images, in batches of 32 (80 steps: CoCoOp, which encodes every class's prompt for
+every image, then takes under a minute on one core)."""
+
+OPTIONS: dict[str, dict[str, Any]] = {
+    "coop": {"init_text": "a photo of a"},
+    "prograd": {"n_ctx": 4},
+    "maple": {"depth": 2},
+}
+"""Options that differ from a method's defaults. CoOp: the context starts from "a photo of a" (the
+config CoCoOp's base-to-novel scripts name for CoOp). ProGrad: 4 context vectors, which start as
+"a photo of a" (its default of 16 does not fit the text encoder's 16 token positions). MaPLe:
+prompts in the first 2 of the 3 text blocks (its default depth of 9 exceeds the small model's
+towers)."""
+
+LR_GROUPS: dict[float, tuple[str, ...]] = {
+    0.03: ("coop", "cocoop", "kgcoop", "prograd", "maple", "vpt-clip"),
+    0.01: ("clip-adapter", "taskres", "tip-adapter-f"),
+}
+"""Centre of each method's learning-rate grid: prompts, and feature adapters or residuals (from a
+look at CoOp's and TaskRes's validation accuracy at a few rates while the benchmark was built)."""
+DEFAULT_LR = 0.01
+LR_FACTORS = (1 / 3, 1.0, 3.0)
+LR_STEP = 3.0
+MAX_EXTENSIONS = 3
+SEEDS = (0, 1, 2)
+"""Seeds of the suite; every reported number is their mean, with their standard deviation."""
+
+HEADER = """\
+# {method} on the VLM-micro CLIP, base-to-novel on the `shapes` task, on a CPU.
+# Written by benchmarks/vlm_micro.py (edit OPTIONS, LR_GROUPS or TRAIN there, not this file).
+# lr {lr} ({why}). Run from the repository root, for each seed N of the suite:
+#   peft-atlas bench {config} --seed N --out {out}
+"""
+
+
+def methods() -> list[str]:
+    """The vision-language methods of the registry."""
+    import reference_impls as ri
+
+    return ri.list_methods(backbone="clip")
+
+
+def trains(method: str) -> bool:
+    """Whether the method has parameters to train (else it runs as applied, with no rate)."""
+    return method not in ("zero-shot-clip", "tip-adapter")
+
+
+def options(method: str) -> dict[str, Any]:
+    """The method's options on VLM-micro: its defaults, with `OPTIONS` applied."""
+    from peft_atlas.bench.config import default_method_options
+
+    return {**default_method_options(method), **OPTIONS.get(method, {})}
+
+
+def group_rate(method: str) -> float:
+    """The centre of a method's grid."""
+    return next((lr for lr, members in LR_GROUPS.items() if method in members), DEFAULT_LR)
+
+
+def candidate_rates(method: str) -> list[float]:
+    """The rates `--select-lr` tries first, lowest first (3 significant digits)."""
+    return [float(f"{group_rate(method) * factor:.3g}") for factor in LR_FACTORS]
+
+
+def choose(scores: dict[float, float]) -> float:
+    """The rate with the best validation score; a tie goes to the lower rate."""
+    return min(scores, key=lambda lr: (-scores[lr], lr))
+
+
+def extension(scores: dict[float, float], added: int) -> float | None:
+    """The next rate to try when the best one is at an end of those tried, else None."""
+    if added >= MAX_EXTENSIONS:
+        return None
+    best = choose(scores)
+    if best == max(scores):
+        return float(f"{best * LR_STEP:.3g}")
+    if best == min(scores):
+        return float(f"{best / LR_STEP:.3g}")
+    return None
+
+
+def val_score(run: dict) -> float:
+    """Mean over the run's tasks of the validation accuracy after the last epoch (the reported model)."""
+    values = [task["history"][-1]["val_top1"] for task in run["tasks"]]
+    return sum(values) / len(values)
+
+
+def read_selected(path: Path = SELECTED) -> dict[str, dict]:
+    """The per-method entries of the selection file (empty if there is none)."""
+    if not path.is_file():
+        return {}
+    return yaml.safe_load(path.read_text(encoding="utf-8")).get("methods", {})
+
+
+def learning_rate(method: str) -> tuple[float, str]:
+    """A method's rate and why: chosen on validation, else its group's."""
+    selected = read_selected().get(method)
+    if selected is not None:
+        return selected["chosen"], f"chosen on the validation split from {selected['candidates']}, see {SELECTED.name}"
+    if not trains(method):
+        return group_rate(method), "unused: the method has nothing to train"
+    return group_rate(method), "its group's in LR_GROUPS"
+
+
+def experiment(method: str, lr: float | None = None) -> dict[str, Any]:
+    """The experiment config of one method as plain data (at `lr`, else its `learning_rate`)."""
+    from peft_atlas.bench.vlm_micro import SHOTS, VLM_MICRO_TASKS
+
+    return {
+        "description": f"{method} on VLM-micro (base-to-novel)",
+        "method": {"name": method, "options": options(method)},
+        "backbone": {"clip": "vlm-micro"},
+        "data": {"kind": "vlm-micro", "tasks": list(VLM_MICRO_TASKS), "shots": SHOTS},
+        "train": {**TRAIN, "lr": learning_rate(method)[0] if lr is None else lr},
+        "seed": 0,
+    }
+
+
+def _relative(path: Path) -> str:
+    try:
+        return path.resolve().relative_to(REPO).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def write_config(path: Path, method: str, out: Path, lr: float | None = None, why: str | None = None) -> None:
+    """Write a method's config (only if its text changed), checked by the config schema."""
+    from peft_atlas.bench.config import parse_config
+
+    data = experiment(method, lr)
+    parse_config(data, str(path))  # raises ConfigError, naming the field, if a table above is wrong
+    if lr is None:
+        lr, why = learning_rate(method)
+    header = HEADER.format(method=method, lr=lr, why=why, config=_relative(path),
+                           out=_relative(out).replace("-seed0.json", "-seedN.json"))
+    text = header + yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=100)
+    if not path.is_file() or path.read_text(encoding="utf-8") != text:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        print(f"wrote {_relative(path)}", flush=True)
+
+
+def measured_path(directory: Path, method: str, seed: int) -> Path:
+    """Where the run of one method with one seed is written."""
+    return directory / f"{method}-seed{seed}.json"
+
+
+def run_bench(config: Path, out: Path, threads: int, seed: int = 0) -> bool:
+    """Run one config with `seed` in its own process with `threads` torch threads; True if it succeeded."""
+    command = [sys.executable, "-m", "peft_atlas.bench.cli", _relative(config), "--seed", str(seed),
+               "--out", _relative(out), "--quiet"]
+    began = time.perf_counter()
+    done = subprocess.run(command, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+    print(f"{_relative(out)}: {time.perf_counter() - began:.0f} s" + ("" if done.returncode == 0 else " FAILED"),
+          flush=True)
+    return done.returncode == 0
+
+
+def _same_run(out: Path, config: dict, sha256: str) -> bool:
+    """Whether `out` holds a run of exactly this resolved config on this CLIP model."""
+    if not out.is_file():
+        return False
+    run = json.loads(out.read_text(encoding="utf-8"))
+    return run["config"] == config and (run.get("backbone_weights") or {}).get("sha256") == sha256
+
+
+def _resolved(config: Path, seed: int) -> dict:
+    from peft_atlas.bench.config import load_config, with_overrides
+    from peft_atlas.bench.runner import resolve_config
+
+    return resolve_config(with_overrides(load_config(config), seed=seed)).model_dump(mode="json")
+
+
+def select_learning_rates(chosen: list[str], jobs: int, threads: int, sha256: str) -> list[str]:
+    """Run the candidate rates of every method that trains, record the choice, keep the winners' runs.
+
+    Returns:
+        The methods that failed.
+    """
+    scores: dict[str, dict[float, float]] = {m: {} for m in chosen}
+    files: dict[str, dict[float, Path]] = {m: {} for m in chosen}
+    failed: set[str] = set()
+    pending = {m: candidate_rates(m) for m in chosen}
+    while pending:
+        work = []
+        for method, rates in pending.items():
+            for lr in rates:
+                config, out = CANDIDATES / method / f"lr{lr:g}.yaml", CANDIDATES / method / f"lr{lr:g}.json"
+                write_config(config, method, out, lr, "a candidate of --select-lr")
+                work.append((method, lr, config, out))
+
+        def run_candidate(item: tuple) -> bool:
+            _, _, config, out = item
+            if _same_run(out, _resolved(config, 0), sha256):
+                print(f"{_relative(out)}: kept (same config, same CLIP model)", flush=True)
+                return True
+            return run_bench(config, out, threads)
+
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            succeeded = list(pool.map(run_candidate, work))
+        for (method, lr, _, out), ok in zip(work, succeeded):
+            if not ok:
+                failed.add(method)
+                continue
+            files[method][lr] = out
+            scores[method][lr] = round(val_score(json.loads(out.read_text(encoding="utf-8"))), 3)
+        pending = {}
+        for method in chosen:
+            if method in failed:
+                continue
+            following = extension(scores[method], len(scores[method]) - len(LR_FACTORS))
+            if following is not None:
+                print(f"{method}: best rate {choose(scores[method]):g} is at an end of the grid; trying {following:g}",
+                      flush=True)
+                pending[method] = [following]
+
+    entries = read_selected()
+    for method in chosen:
+        if method in failed:
+            continue
+        rates = sorted(scores[method])
+        best = choose(scores[method])
+        entries[method] = {"chosen": best, "candidates": rates, "val": {lr: scores[method][lr] for lr in rates}}
+    document = {
+        "criterion": "validation accuracy (base classes, 4 images per class) of the model after the last epoch, "
+                     "seed 0; a tie goes to the lower rate; the novel classes are never looked at",
+        "grid": f"the rate of the method's group in LR_GROUPS times {', '.join(f'{f:.3g}' for f in LR_FACTORS)}; "
+                f"while the best rate is at an end, one more rate {LR_STEP:g} times past that end "
+                f"(at most {MAX_EXTENSIONS} added)",
+        "backbone_sha256": sha256,
+        "command": shlex.join(["python", "benchmarks/vlm_micro.py", *sys.argv[1:]]),
+        "methods": dict(sorted(entries.items())),
+    }
+    SELECTED.write_text("# Learning rates of VLM-micro, chosen on the validation split. Written by "
+                        "benchmarks/vlm_micro.py --select-lr.\n" + yaml.safe_dump(document, sort_keys=False, width=100),
+                        encoding="utf-8")
+    print(f"wrote {_relative(SELECTED)}", flush=True)
+    for method in chosen:
+        if method not in failed:
+            _adopt(method, files[method][entries[method]["chosen"]])
+    return sorted(failed)
+
+
+def _adopt(method: str, candidate: Path) -> None:
+    """Make the winning candidate the method's seed-0 result: its config becomes `vlm-micro.yaml`.
+
+    The run is kept as measured; only its recorded command changes, to name the committed config
+    and output file. Refuses if the committed config would differ from the one that ran.
+    """
+    run = json.loads(candidate.read_text(encoding="utf-8"))
+    config, out = CONFIGS / method / CONFIG_NAME, measured_path(MEASURED, method, 0)
+    write_config(config, method, out)
+    if _resolved(config, 0) != run["config"]:
+        raise RuntimeError(f"{candidate}: its config differs from {config}; re-run instead of adopting it")
+    run["command"] = run["command"].replace(_relative(candidate.with_suffix(".yaml")), _relative(config)).replace(
+        _relative(candidate), _relative(out))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(run, indent=2) + "\n", encoding="utf-8")
+    print(f"{method}: lr {run['config']['train']['lr']:g} chosen; wrote {_relative(out)}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the suite; return 1 if any method failed."""
+    from peft_atlas.bench.vlm_micro import vlm_micro_weights
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--methods", nargs="+", metavar="METHOD", help="default: every vision-language method")
+    parser.add_argument("--select-lr", action="store_true", help="choose each method's learning rate on validation first")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at once (each with cores/jobs threads)")
+    parser.add_argument("--threads", type=int, help="torch threads of each run (default: cores/jobs)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS), metavar="SEED",
+                        help=f"default: {' '.join(map(str, SEEDS))}")
+    args = parser.parse_args(argv)
+    registered = methods()
+    chosen = args.methods or registered
+    unknown = [m for m in chosen if m not in registered]
+    if unknown:
+        parser.error(f"unknown method: {', '.join(unknown)}; vision-language methods: {', '.join(registered)}")
+    jobs = max(1, args.jobs)
+    threads = args.threads or max(1, (os.cpu_count() or 1) // jobs)
+
+    started = time.perf_counter()
+    weights = vlm_micro_weights(quiet=False)
+    print(f"CLIP model: {weights.path} ({weights.origin}, sha256 {weights.sha256[:12]})", flush=True)
+    failed = (select_learning_rates([m for m in chosen if trains(m)], jobs, threads, weights.sha256)
+              if args.select_lr else [])
+    work = []
+    for method in (m for m in chosen if m not in failed):
+        config = CONFIGS / method / CONFIG_NAME
+        write_config(config, method, measured_path(MEASURED, method, 0))
+        for seed in args.seeds:
+            out = measured_path(MEASURED, method, seed)
+            if _same_run(out, _resolved(config, seed), weights.sha256):
+                print(f"{_relative(out)}: kept (same config, seed and CLIP model)", flush=True)
+            else:
+                work.append((method, config, out, seed))
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        succeeded = list(pool.map(lambda item: run_bench(item[1], item[2], threads, item[3]), work))
+    failed = sorted(set(failed) | {method for (method, *_), ok in zip(work, succeeded) if not ok})
+    print(f"{len(chosen)} methods in {time.perf_counter() - started:.0f} s"
+          + (f"; failed: {', '.join(failed)}" if failed else ""), flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

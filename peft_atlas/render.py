@@ -566,6 +566,20 @@ BENCHMARK_OF_KIND = {"vtab-1k": "vtab-1k", "micro": "vtab-micro", "clip-base-to-
                      "vlm-micro": "vlm-micro"}
 
 
+def config_key(config: dict) -> str:
+    """A recorded config without its seed, as text: runs with equal keys are seeds of one result.
+
+    Fields set to None are left out, so a field added to the config schema later (recorded as
+    None by newer runs, absent from older ones) does not split the seeds of one configuration.
+    """
+    def without_none(value: object) -> object:
+        if isinstance(value, dict):
+            return {k: without_none(v) for k, v in value.items() if v is not None}
+        return value
+
+    return json.dumps(without_none({k: v for k, v in config.items() if k != "seed"}), sort_keys=True)
+
+
 def measured_rows(kb: KnowledgeBase) -> list[dict]:
     """Table rows of the runs measured by this repository's harness (``kb.measured``), sorted.
 
@@ -594,8 +608,7 @@ def measured_rows(kb: KnowledgeBase) -> list[dict]:
             "lr": getattr(run.config.train, "lr", None),
             "backbone_sha256": run.backbone_weights.sha256 if run.backbone_weights else None,
             # The configuration without its seed: rows with equal keys are seeds of one result.
-            "config_key": json.dumps({k: v for k, v in run.config.model_dump(mode="json").items() if k != "seed"},
-                                     sort_keys=True),
+            "config_key": config_key(run.config.model_dump(mode="json")),
             "wall_time_s": run.wall_time_s,
             "git_commit": run.git.commit,
             "versions": run.versions,

@@ -470,3 +470,14 @@ def test_every_repository_row_with_all_its_tasks_shows_every_mean():
                 assert f"{row.mean:.2f}" in shown, (row.label, shown)
             for group, value in row.group_means.items():
                 assert f"{value:.2f}" in shown
+
+
+def test_seeds_of_one_configuration_share_a_key_across_schema_versions():
+    """A field added to the config schema later (None in newer runs, absent in older ones) must
+    not split one configuration's seeds into two rows; the seed itself never counts."""
+    from peft_atlas.render import config_key
+
+    old = {"seed": 0, "data": {"kind": "micro", "tasks": ["digits"]}, "train": {"lr": 0.01}}
+    new = {"seed": 1, "data": {"kind": "micro", "tasks": ["digits"], "shots": None}, "train": {"lr": 0.01}}
+    assert config_key(old) == config_key(new)
+    assert config_key(old) != config_key({**new, "train": {"lr": 0.03}})

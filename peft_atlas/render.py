@@ -408,6 +408,16 @@ def render_pages(kb: KnowledgeBase, extra: dict | None = None) -> dict[str, str]
         current = (document.get("format"), document.get("format_version")) == EFFICIENCY_FORMAT
         pages["efficiency.md"] = env.get_template("efficiency.md.j2").render(
             page="efficiency.md", eff=document if current else None, **common)
+    vision_language = [m for m in kb.methods.values() if "vision-language" in m.modality]
+    if vision_language:
+        faceted = [m for m in vision_language if m.vlm and (m.vlm.prompt_modality or m.vlm.adapter_role)]
+        pages["vision-language.md"] = env.get_template("vision_language.md.j2").render(
+            page="vision-language.md", vl_faceted=faceted,
+            vl_others=sorted((m for m in vision_language if m not in faceted), key=lambda m: m.name.lower()),
+            vl_results=[b for b in kb.benchmarks.values()
+                        if getattr(b, "kind", "accuracy") == "base-to-novel" or b.id == "vlm-micro"
+                        if f"results/{b.id}.md" in pages],
+            **common)
     pages["bibliography.md"] = env.get_template("bibliography.md.j2").render(
         page="bibliography.md", cited_by=_cited_by(kb), **common)
     return pages
@@ -535,6 +545,8 @@ def build_nav(kb: KnowledgeBase, pages: dict[str, str], hand_written: list) -> l
                          + [{html.escape(m.name): f"methods/{m.id}.md"} for m in members]})
     results = [{html.escape(b.name): f"results/{b.id}.md"} for b in kb.benchmarks.values()
                if f"results/{b.id}.md" in pages]
+    if "vision-language.md" in pages:
+        taxonomy.insert(1, {"Vision-language methods": "vision-language.md"})
     nav: list = [{"Home": "index.md"}, {"Taxonomy": taxonomy}]
     if "efficiency.md" in pages:
         results.append({"Efficiency": "efficiency.md"})

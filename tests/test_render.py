@@ -481,3 +481,18 @@ def test_seeds_of_one_configuration_share_a_key_across_schema_versions():
     new = {"seed": 1, "data": {"kind": "micro", "tasks": ["digits"], "shots": None}, "train": {"lr": 0.01}}
     assert config_key(old) == config_key(new)
     assert config_key(old) != config_key({**new, "train": {"lr": 0.03}})
+
+
+def test_vision_language_page_arranges_the_methods_by_the_surveys_facets():
+    from peft_atlas.render import build_nav, load_generated_data
+
+    kb, _ = load(REPO)
+    pages = render_pages(kb, load_generated_data(REPO))
+    page = pages["vision-language.md"]
+    assert "| Textual prompt | [CoOp](methods/coop.md) | 2022 | <code>coop</code> |" in page
+    assert "| Cross-modal fusion adapter | none in the atlas yet | | |" in page or "Cross-modal fusion adapter | [" in page
+    baselines = page.split("## Baselines and other vision-language methods", 1)[1]
+    assert "[Zero-shot CLIP](methods/zero-shot-clip.md)" in baselines and "on ViTs only (<code>lst</code>)" in baselines
+    assert "[VLM-micro](results/vlm-micro.md)" in page
+    taxonomy = next(entry["Taxonomy"] for entry in build_nav(kb, pages, []) if "Taxonomy" in entry)
+    assert {"Vision-language methods": "vision-language.md"} in taxonomy

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 __all__ = [
     "ClassNames",
@@ -31,6 +31,7 @@ __all__ = [
     "PositiveFloat",
     "PositiveInt",
     "Preset",
+    "PromptTemplate",
     "Rank",
     "Targets",
     "build_config",
@@ -59,6 +60,15 @@ Dropout = Annotated[float, Field(ge=0.0, lt=1.0)]
 
 Targets = Annotated[tuple[str, ...], Field(min_length=1)]
 """Names of the layers a method acts on in every block (at least one)."""
+
+def _has_class_slot(template: str) -> str:
+    if "{}" not in template:
+        raise ValueError(f"must contain '{{}}' for the class name, got {template!r}")
+    return template
+
+
+PromptTemplate = Annotated[str, AfterValidator(_has_class_slot)]
+"""A hand-written prompt of a class: `{}` is replaced by the class name ("a photo of a {}.")."""
 
 ClassNames = Annotated[tuple[Annotated[str, Field(min_length=1)], ...], Field(min_length=1)]
 """The class names a vision-language method classifies into (at least one; none empty)."""
@@ -280,8 +290,9 @@ def _describe(error: dict[str, Any]) -> tuple[bool, str]:
     value, kind, message = error.get("input"), error["type"], error["msg"]
     if kind == "extra_forbidden":
         return False, f"unknown config field {field!r}"
-    if kind == "value_error":  # raised by a method's own validator: its message says it all
-        return False, str(error["ctx"]["error"])
+    if kind == "value_error":  # raised by a validator: its message says it all, or what the field must be
+        message = str(error["ctx"]["error"])
+        return False, f"config field {field!r} {message}" if message.startswith("must ") else message
     if kind == "too_short":
         message = f"must have at least {error['ctx']['min_length']} item(s)"
     is_type = kind.endswith(_TYPE_ERRORS)

@@ -38,6 +38,7 @@ from pydantic import Field
 from torch import nn
 
 from ..authoring import (
+    PromptTemplate,
     ClassNames,
     ClipClassifier,
     MethodConfig,
@@ -55,7 +56,7 @@ class ClipAdapterConfig(MethodConfig):
 
     classnames: ClassNames
     """The class names, in the order of the labels (underscores become spaces)."""
-    template: str = "a photo of a {}."
+    template: PromptTemplate = "a photo of a {}."
     """The hand-written prompt of a class: `{}` is replaced by its name."""
     side: Literal["image", "text", "both"] = "image"
     """Which features get an adapter: the image feature, the class (text) features, or both."""
@@ -132,10 +133,8 @@ def apply_clip_adapter(model: nn.Module, config: ClipAdapterConfig) -> list[str]
         An empty list: no backbone parameter is trained.
 
     Raises:
-        ValueError: If the template has no `{}` or the reduction leaves no hidden unit.
+        ValueError: If the reduction leaves no hidden unit.
     """
-    if "{}" not in config.template:
-        raise ValueError(f"config field 'template' must contain '{{}}' for the class name, got {config.template!r}")
     model.peft_classifier = ClipAdapterClassifier(model, config)
     return []
 

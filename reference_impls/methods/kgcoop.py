@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..authoring import PositiveFloat, class_prompts, cosine_logits, encode_tokens, register, tokenize
+from ..authoring import PromptTemplate, PositiveFloat, class_prompts, cosine_logits, encode_tokens, register, tokenize
 
 from .coop import CoOpClassifier, CoOpConfig
 
@@ -40,7 +40,7 @@ class KgCoOpConfig(CoOpConfig):
 
     init_text: str | None = "a photo of a"
     """Start the context from the word embeddings of this text (None: random N(0, init_std^2))."""
-    template: str = "a photo of a {}."
+    template: PromptTemplate = "a photo of a {}."
     """The hand-written prompt whose class features the learned ones are kept close to (`{}`: class name)."""
     weight: PositiveFloat = 8.0
     """lambda, the weight of L_kg in the training loss."""
@@ -81,11 +81,7 @@ def apply_kgcoop(model: nn.Module, config: KgCoOpConfig) -> list[str]:
     Returns:
         An empty list: no backbone parameter is trained.
 
-    Raises:
-        ValueError: If the template has no `{}` for the class name.
     """
-    if "{}" not in config.template:
-        raise ValueError(f"config field 'template' must contain '{{}}' for the class name, got {config.template!r}")
     model.peft_classifier = KgCoOpClassifier(model, config)
     return []
 

@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..authoring import (
+    PromptTemplate,
     ClassNames,
     MethodConfig,
     PositiveFloat,
@@ -78,7 +79,7 @@ class ProGradConfig(MethodConfig):
     """One context per class (CSC) instead of one shared by all classes."""
     class_position: Literal["end", "middle", "front"] = "end"
     """Where the class name goes among the context vectors."""
-    template: str = "a photo of a {}."
+    template: PromptTemplate = "a photo of a {}."
     """The hand-written prompt of zero-shot CLIP, whose predictions give the general direction."""
     temperature: PositiveFloat = 1.0
     """T, the temperature of the KL term (1.0 in the released configurations)."""
@@ -180,11 +181,7 @@ def apply_prograd(model: nn.Module, config: ProGradConfig) -> list[str]:
     Returns:
         An empty list: no backbone parameter is trained.
 
-    Raises:
-        ValueError: If the template has no `{}` for the class name.
     """
-    if "{}" not in config.template:
-        raise ValueError(f"config field 'template' must contain '{{}}' for the class name, got {config.template!r}")
     model.peft_classifier = ProGradClassifier(model, config)
     return []
 

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from ..authoring import (
+    PromptTemplate,
     ClassNames,
     ClipClassifier,
     MethodConfig,
@@ -50,7 +51,7 @@ class TaskResConfig(MethodConfig):
 
     classnames: ClassNames
     """The class names, in the order of the labels (underscores become spaces)."""
-    template: str = "a photo of a {}."
+    template: PromptTemplate = "a photo of a {}."
     """The hand-written prompt of a class, giving the frozen base classifier: `{}` is replaced by
     its name."""
     alpha: PositiveFloat = 0.5
@@ -84,11 +85,7 @@ def apply_taskres(model: nn.Module, config: TaskResConfig) -> list[str]:
     Returns:
         An empty list: no backbone parameter is trained.
 
-    Raises:
-        ValueError: If the template has no `{}` for the class name.
     """
-    if "{}" not in config.template:
-        raise ValueError(f"config field 'template' must contain '{{}}' for the class name, got {config.template!r}")
     model.peft_classifier = TaskResClassifier(model, config)
     return []
 

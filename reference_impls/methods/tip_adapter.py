@@ -48,6 +48,7 @@ from pydantic import Field
 from torch import nn
 
 from ..authoring import (
+    PromptTemplate,
     CLASSIFIER_ATTR,
     ClassNames,
     ClipClassifier,
@@ -69,7 +70,7 @@ class TipAdapterConfig(MethodConfig):
 
     classnames: ClassNames
     """The class names, in the order of the labels (underscores become spaces)."""
-    template: str = "a photo of a {}."
+    template: PromptTemplate = "a photo of a {}."
     """The hand-written prompt of a class (the zero-shot classifier W_c): `{}` is replaced by its name."""
     alpha: Annotated[float, Field(ge=0.0)] = 1.17
     """Residual ratio: the weight of the cache's logits (the official ImageNet config's starting
@@ -166,11 +167,6 @@ def build_cache(
     return {"cache_size": len(labels_once)}, tensors
 
 
-def _check_template(config: TipAdapterConfig) -> None:
-    if "{}" not in config.template:
-        raise ValueError(f"config field 'template' must contain '{{}}' for the class name, got {config.template!r}")
-
-
 def apply_tip_adapter(model: nn.Module, config: TipAdapterConfig) -> list[str]:
     """Install Tip-Adapter's classifier as `model.peft_classifier` (training-free: nothing trains).
 
@@ -181,7 +177,6 @@ def apply_tip_adapter(model: nn.Module, config: TipAdapterConfig) -> list[str]:
     Returns:
         An empty list: no backbone parameter is trained.
     """
-    _check_template(config)
     model.peft_classifier = TipAdapterClassifier(model, config, train_keys=False)
     return []
 
@@ -196,7 +191,6 @@ def apply_tip_adapter_f(model: nn.Module, config: TipAdapterConfig) -> list[str]
     Returns:
         An empty list: no backbone parameter is trained.
     """
-    _check_template(config)
     model.peft_classifier = TipAdapterClassifier(model, config, train_keys=True)
     return []
 

@@ -39,7 +39,7 @@ import math
 import torch
 from torch import nn
 
-from ..authoring import ClassNames, Dropout, MethodConfig, PositiveInt, register, replace_module
+from ..authoring import PromptTemplate, ClassNames, Dropout, MethodConfig, PositiveInt, register, replace_module
 from .vpt import PromptedBlock
 from .zero_shot_clip import ZeroShotClassifier, ZeroShotClipConfig
 
@@ -53,7 +53,7 @@ class VPTClipConfig(MethodConfig):
     """Number of prompt tokens p (per block for VPT-deep)."""
     deep: bool = True
     """New prompts before every vision block (VPT-deep); False: before the first block only (VPT-shallow)."""
-    template: str = "a photo of a {}."
+    template: PromptTemplate = "a photo of a {}."
     """The hand-written prompt of a class: `{}` is replaced by its name."""
     dropout: Dropout = 0.0
     """Dropout probability applied to the prompt tokens."""
@@ -92,12 +92,8 @@ def apply_vpt_clip(model: nn.Module, config: VPTClipConfig) -> list[str]:
     Returns:
         An empty list: no backbone parameter is trained.
 
-    Raises:
-        ValueError: If the template has no `{}` for the class name.
         TypeError: If the image encoder is not a batch-first vision transformer.
     """
-    if "{}" not in config.template:
-        raise ValueError(f"config field 'template' must contain '{{}}' for the class name, got {config.template!r}")
     blocks = _vision_blocks(model)
     text = ZeroShotClipConfig(classnames=config.classnames, template=config.template)
     model.peft_classifier = ZeroShotClassifier(model, text)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..authoring import ClassNames, ClipClassifier, MethodConfig, class_prompts, encode_tokens, register, tokenize
+from ..authoring import PromptTemplate, ClassNames, ClipClassifier, MethodConfig, class_prompts, encode_tokens, register, tokenize
 
 
 
@@ -19,7 +19,7 @@ class ZeroShotClipConfig(MethodConfig):
 
     classnames: ClassNames
     """The class names, in the order of the labels."""
-    template: str = "a photo of a {}."
+    template: PromptTemplate = "a photo of a {}."
     """The prompt of a class: `{}` is replaced by its name (underscores become spaces)."""
 
 
@@ -45,11 +45,7 @@ def apply_zero_shot_clip(model: nn.Module, config: ZeroShotClipConfig) -> list[s
     Returns:
         An empty list: nothing is trained.
 
-    Raises:
-        ValueError: If the template has no `{}` for the class name.
     """
-    if "{}" not in config.template:
-        raise ValueError(f"config field 'template' must contain '{{}}' for the class name, got {config.template!r}")
     model.peft_classifier = ZeroShotClassifier(model, config)
     return []
 

@@ -278,6 +278,7 @@ def load(root: Path | str, check_math: bool = True) -> tuple[KnowledgeBase, list
 def _check_methods(kb: KnowledgeBase, docs: dict[str, LocatedYaml], check_math: bool) -> list[Problem]:
     problems: list[Problem] = []
     insertion_ids = {p.id for p in kb.categories.insertion_points} if kb.categories else set()
+    application_ids = {a.id for a in kb.categories.applications} if kb.categories else set()
     for method_id, method in kb.methods.items():
         file, doc = kb.method_files[method_id], docs[method_id]
 
@@ -297,6 +298,10 @@ def _check_methods(kb: KnowledgeBase, docs: dict[str, LocatedYaml], check_math: 
                 if point not in insertion_ids:
                     problem(("insertion", index), f"unknown insertion point '{point}' "
                                                   f"(expected one of: {', '.join(sorted(insertion_ids))})")
+            for index, application in enumerate(method.applications):
+                if application not in application_ids:
+                    problem(("applications", index), f"unknown application '{application}' "
+                                                     f"(expected one of: {', '.join(sorted(application_ids))})")
         for index, key in enumerate(method.bib):
             if key not in kb.bib:
                 problem(("bib", index), f"unknown bib key '{key}' (expected a file bib/{key}.bib)")

@@ -322,14 +322,15 @@ def render_pages(kb: KnowledgeBase, extra: dict | None = None) -> dict[str, str]
     for items in methods_by_subtype.values():
         items.sort(key=lambda m: (m.year, m.name.lower()))
     insertion_names = {p.id: p.name for p in categories.insertion_points}
+    application_names = {a.id: a.name for a in categories.applications}
     facet_names = {v.id: v.name for values in (categories.facets.prompt_modality,
                                                categories.facets.adapter_role) for v in values}
     results_by_benchmark: dict[str, list[dict]] = defaultdict(list)
     for loaded in kb.results:
         results_by_benchmark[loaded.benchmark].append(_row_context(kb, loaded))
     common = dict(kb=kb, categories=categories, methods_by_subtype=methods_by_subtype,
-                  insertion_names=insertion_names, facet_names=facet_names,
-                  results_by_benchmark=results_by_benchmark, extra=extra)
+                  insertion_names=insertion_names, application_names=application_names,
+                  facet_names=facet_names, results_by_benchmark=results_by_benchmark, extra=extra)
 
     pages: dict[str, str] = {}
     pages["index.md"] = env.get_template("index.md.j2").render(

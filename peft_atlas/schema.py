@@ -61,11 +61,18 @@ class InsertionPoint(Strict):
     name: str
 
 
+class Application(Strict):
+    id: str = Field(pattern=SLUG)
+    name: str = Field(pattern=PLAIN_NAME)
+    definition: str
+
+
 class CategoriesFile(Strict):
     sources: list[str] = Field(default_factory=list, description="Bib keys of the surveys followed.")
     categories: list[Category] = Field(min_length=1)
     facets: Facets
     insertion_points: list[InsertionPoint] = Field(min_length=1)
+    applications: list[Application] = Field(min_length=1)
 
 
 # ---------------------------------------------------------------- benchmarks.yaml
@@ -134,7 +141,11 @@ class Method(Strict):
     insertion: list[str] = Field(min_length=1)
     mergeable: bool
     mergeable_note: str | None = None
-    trainable_params: str = Field(min_length=1)
+    trainable_params: str | None = Field(
+        default=None, min_length=1,
+        description="Formula of the trainable parameters; absent when the paper gives none.")
+    applications: list[str] = Field(
+        min_length=1, description="Ids of categories.yaml applications: the tasks the paper evaluates on.")
     related: list[Related] = Field(default_factory=list)
     impl: str | None = Field(default=None, pattern=SLUG)
 

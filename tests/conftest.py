@@ -30,6 +30,7 @@ method: |
   h = W_0 x + \\frac{\\alpha}{r} B A x
   $$
 insertion: [attention-qkv]
+applications: [image-classification]
 mergeable: true
 trainable_params: '$2rd$ per adapted matrix'
 related:
@@ -50,6 +51,7 @@ paper: https://arxiv.org/abs/2402.09353
 summary: Splits weights into magnitude and direction and adapts the direction with LoRA.
 method: 'Magnitude $m$ times the normalized direction.'
 insertion: [attention-qkv]
+applications: [image-classification, language]
 mergeable: true
 trainable_params: '$2rd + d$ per adapted matrix'
 related:

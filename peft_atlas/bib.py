@@ -10,7 +10,7 @@ from bibtexparser.middlewares import SeparateCoAuthors, SplitNameParts
 from bibtexparser.model import DuplicateBlockKeyBlock
 
 from .latex import latex_to_unicode
-from .problems import Problem
+from .problems import TODO_MARKER, Problem
 
 REQUIRED_FIELDS: dict[str, tuple[tuple[str, ...], ...]] = {
     # Each inner tuple is "one of these"; every inner tuple must be satisfied.
@@ -128,6 +128,12 @@ def parse_bib_file(path: Path, root: Path) -> tuple[list[BibEntry], list[Problem
             problems.append(Problem(rel, line, entry.key,
                                     f"unsupported entry type @{entry_type} (expected one of "
                                     f"{', '.join('@' + t for t in sorted(REQUIRED_FIELDS))})"))
+            continue
+        todos = [name for name, value in fields.items() if TODO_MARKER in value]
+        for name in todos:
+            what = fields[name].split(TODO_MARKER, 1)[1].lstrip(": ").strip()
+            problems.append(Problem(rel, line, f"{entry.key}.{name}", f"to fill: {what}"))
+        if todos:
             continue
         for alternatives in required:
             if not any(fields.get(name) for name in alternatives):

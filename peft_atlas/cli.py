@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+from . import scaffold
 from .export import export_bibtex, export_json
 from .kb import load
 from .problems import Problem
@@ -132,6 +133,20 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_new(args: argparse.Namespace) -> int:
+    """Scaffold a new method: its entry, a BibTeX stub and (--impl) its implementation and test rows."""
+    root = _root(args)
+    try:
+        written = scaffold.write(root, scaffold.plan(root, args.id, args.bib, args.impl))
+    except scaffold.ScaffoldError as error:
+        print(f"peft-atlas new: {error}", file=sys.stderr)
+        return 2
+    for path in written:
+        print(f"wrote {path.as_posix()}")
+    print("Next: fill every TODO(new); `peft-atlas validate` lists the ones left (CONTRIBUTING.md).")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     """Run a benchmark experiment config and write its measured run (needs torch and timm)."""
     from .bench.cli import run_bench
@@ -162,6 +177,12 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", choices=["json", "bibtex"], required=True)
     export.add_argument("--output", "-o", help="file to write (default: standard output)")
     export.set_defaults(run=cmd_export)
+    new = commands.add_parser("new", help=cmd_new.__doc__)
+    new.add_argument("id", help="the method's id: a lowercase slug such as 'my-adapter'")
+    new.add_argument("--bib", metavar="KEY", help="bib key of the introducing paper, e.g. hu2022lora")
+    new.add_argument("--impl", action="store_true",
+                     help="also scaffold reference_impls/methods/<id>.py and its test rows")
+    new.set_defaults(run=cmd_new)
     bench = commands.add_parser("bench", help=cmd_bench.__doc__)
     add_bench_arguments(bench)
     bench.set_defaults(run=cmd_bench)

@@ -19,9 +19,10 @@ from pydantic import BaseModel
 from .bib import BibEntry, parse_bib_file
 from .mathml import math_problems
 from .measured import LoadedRun, load_measured_runs
-from .problems import Problem, validate_model
-from .schema import (BaseNovel, Benchmark, BenchmarksFile, CategoriesFile, Method, ResultRow,
-                     ResultsFile)
+from .problems import Problem, todo_problems, validate_model
+from .scaffold import marker_lines
+from .schema import (BaseNovel, Benchmark, BenchmarksFile, CategoriesFile, ExcludedFile, Method, PaperList,
+                     ResultRow, ResultsFile)
 from .yamlio import LocatedYaml, load_yaml
 
 # Tables print accuracies rounded to 0.1: the mean of rounded tasks is off by up to 0.05 and the
@@ -82,6 +83,8 @@ class KnowledgeBase:
     data_driven_impls: set[str] = field(default_factory=set)
     clip_impls: set[str] = field(default_factory=set)
     presets: dict[str, list[str]] | None = None
+    # Bib keys the presets name as their sources.
+    preset_bib_keys: set[str] = field(default_factory=set)
     # Ids of method files that exist but failed validation: not reported again as dangling.
     invalid_method_ids: set[str] = field(default_factory=set)
 
@@ -107,7 +110,14 @@ _HINTS = {
 
 
 def _validate(model: type[BaseModel], doc: LocatedYaml, file: str) -> tuple[Any, list[Problem]]:
-    return validate_model(model, doc.data, file, doc.line_of, _HINTS)
+    """Validate one document; a document with values left to fill (`peft-atlas new`) gives one
+    problem per such value, plus the schema's complaints about the other fields, and no model."""
+    todos, todo_paths = todo_problems(doc.data, file, doc.line_of)
+    value, problems = validate_model(model, doc.data, file, doc.line_of, _HINTS)
+    if not todos:
+        return value, problems
+    others = [p for p in problems if not any(p.field == t or p.field.startswith(t + ".") for t in todo_paths)]
+    return None, todos + others
 
 
 # ---------------------------------------------------------------- loading
@@ -150,28 +160,33 @@ PARAM_COUNTS = "reference_impls/param_counts.json"
 _LEADING_BIB_KEY = re.compile(r"[A-Za-z][\w-]*\d{4}[\w-]*")
 
 
-def read_preset_names(root: Path, bib_keys: Iterable[str]) -> tuple[dict[str, list[str]] | None, list[Problem]]:
+def read_preset_names(root: Path, bib_keys: Iterable[str]
+                      ) -> tuple[dict[str, list[str]] | None, set[str], list[Problem]]:
     """Preset names of every implementation, from the counts file ``python -m
-    reference_impls.param_counts`` writes (the docs toolchain cannot import the presets), and a
-    problem for every preset whose source does not start with a known bib key."""
+    reference_impls.param_counts`` writes (the docs toolchain cannot import the presets), the bib
+    keys their sources name, and a problem for every preset whose source does not start with a
+    known bib key."""
     path = root / PARAM_COUNTS
     if not path.is_file():
-        return None, []
+        return None, set(), []
     try:
         presets = json.loads(path.read_text(encoding="utf-8")).get("presets", {})
         sources = {(impl, name): str(entry.get("source", "")) for impl, named in presets.items()
                    for name, entry in named.items()}
     except (OSError, UnicodeDecodeError, ValueError, AttributeError) as error:
-        return None, [Problem(PARAM_COUNTS, 0, "presets", f"cannot read the presets: {error}")]
+        return None, set(), [Problem(PARAM_COUNTS, 0, "presets", f"cannot read the presets: {error}")]
     known = set(bib_keys)
+    cited: set[str] = set()
     problems = []
     for (impl, name), source in sorted(sources.items()):
         key = _LEADING_BIB_KEY.match(source)
+        if key is not None:
+            cited.add(key.group())
         if key is None or key.group() not in known:
             problems.append(Problem(PARAM_COUNTS, 0, f"presets.{impl}.{name}.source",
                                     f"must start with the bib key of the paper the configuration comes from "
                                     f"(a file in bib/), got {source!r}"))
-    return {impl: list(named) for impl, named in presets.items()}, problems
+    return {impl: list(named) for impl, named in presets.items()}, cited, problems
 
 
 def load(root: Path | str, check_math: bool = True) -> tuple[KnowledgeBase, list[Problem]]:
@@ -225,7 +240,7 @@ def load(root: Path | str, check_math: bool = True) -> tuple[KnowledgeBase, list
     kb.bib = dict(sorted(kb.bib.items()))
 
     kb.impls, kb.data_driven_impls, kb.clip_impls = scan_impl_names(root)
-    kb.presets, found = read_preset_names(root, kb.bib)
+    kb.presets, kb.preset_bib_keys, found = read_preset_names(root, kb.bib)
     problems.extend(found)
 
     method_docs: dict[str, LocatedYaml] = {}
@@ -272,7 +287,66 @@ def load(root: Path | str, check_math: bool = True) -> tuple[KnowledgeBase, list
             if key not in kb.bib:
                 problems.append(Problem("taxonomy/benchmarks.yaml", 0, f"{benchmark.id}.bib",
                                         f"unknown bib key '{key}' (expected a file bib/{key}.bib)"))
+    problems.extend(_check_uncited_bib(kb))
+    problems.extend(_check_coverage(kb, root, load_model))
+    problems.extend(Problem(file, line, "", f"to fill: {what}") for file, line, what in marker_lines(root))
     return kb, sorted(set(problems))
+
+
+def title_key(title: str) -> str:
+    """A title reduced to lowercase letters and digits, so that case, punctuation and BibTeX
+    braces do not decide whether two titles are the same paper."""
+    return re.sub(r"[^a-z0-9]", "", title.lower())
+
+
+def _check_coverage(kb: KnowledgeBase, root: Path, load_model) -> list[Problem]:
+    """Every paper of a covered list is a method entry or an exclusion with its reason."""
+    problems: list[Problem] = []
+    excluded_titles: set[str] = set()
+    excluded_path = root / "taxonomy" / "excluded.yaml"
+    if excluded_path.is_file():
+        excluded, doc = load_model(excluded_path, ExcludedFile)
+        for index, paper in enumerate(excluded.papers if excluded else []):
+            excluded_titles.add(title_key(paper.title))
+            where = ("taxonomy/excluded.yaml", doc.line_of(("papers", index)))
+            if paper.reason == "duplicate" and paper.duplicate_of not in kb.methods:
+                problems.append(Problem(*where, f"papers.{index}.duplicate_of",
+                                        "a duplicate names the method entry that covers it: expected "
+                                        f"the id of a file in taxonomy/methods/, got {paper.duplicate_of!r}"))
+            elif paper.reason != "duplicate" and paper.duplicate_of is not None:
+                problems.append(Problem(*where, f"papers.{index}.duplicate_of",
+                                        f"duplicate_of only goes with reason duplicate (reason is {paper.reason})"))
+    entry_titles = {title_key(kb.bib[key].title): method_id for method_id, method in kb.methods.items()
+                    for key in method.bib if key in kb.bib}
+    for path in sorted((root / "taxonomy" / "coverage").glob("*.yaml")):
+        listed, doc = load_model(path, PaperList)
+        rel = path.relative_to(root).as_posix()
+        for index, paper in enumerate(listed.papers if listed else []):
+            line = doc.line_of(("papers", index))
+            if paper.entry is not None:
+                if paper.entry not in kb.methods:
+                    problems.append(Problem(rel, line, f"papers.{index}.entry",
+                                            f"unknown method id '{paper.entry}' (expected a file in taxonomy/methods/)"))
+            elif title_key(paper.title) not in entry_titles and title_key(paper.title) not in excluded_titles:
+                problems.append(Problem(rel, line, f"papers.{index}.title",
+                                        f"'{paper.title}' is neither a method entry (no entry's BibTeX has this "
+                                        "title) nor a row of taxonomy/excluded.yaml: add the method with "
+                                        "`peft-atlas new`, or exclude it with its reason; if the paper's "
+                                        "published title differs from the list's, set `entry:` to its id"))
+    return problems
+
+
+def _check_uncited_bib(kb: KnowledgeBase) -> list[Problem]:
+    """A BibTeX file that nothing cites is either a forgotten citation or a leftover."""
+    cited = {key for method in kb.methods.values() for key in method.bib}
+    cited |= {loaded.row.source.bib for loaded in kb.results}
+    cited |= set(kb.categories.sources if kb.categories else [])
+    cited |= {key for benchmark in kb.benchmarks.values() for key in benchmark.bib}
+    cited |= kb.preset_bib_keys
+    return [Problem(entry.file, entry.line, key,
+                    f"no method, results row, benchmark, preset or category source cites '{key}': "
+                    "add the key to the entry that relies on it, or delete the file")
+            for key, entry in kb.bib.items() if key not in cited]
 
 
 def _check_methods(kb: KnowledgeBase, docs: dict[str, LocatedYaml], check_math: bool) -> list[Problem]:
@@ -305,6 +379,10 @@ def _check_methods(kb: KnowledgeBase, docs: dict[str, LocatedYaml], check_math: 
         for index, key in enumerate(method.bib):
             if key not in kb.bib:
                 problem(("bib", index), f"unknown bib key '{key}' (expected a file bib/{key}.bib)")
+        introducing = kb.bib.get(method.bib[0])
+        if introducing is not None:
+            for path, message in venue_disagreements(method, introducing):
+                problem(path, message)
         for index, related in enumerate(method.related):
             if related.id not in kb.methods and related.id not in kb.invalid_method_ids:
                 problem(("related", index, "id"), f"unknown method id '{related.id}' "
@@ -319,6 +397,57 @@ def _check_methods(kb: KnowledgeBase, docs: dict[str, LocatedYaml], check_math: 
             problem(("impl",), f"unknown implementation '{method.impl}' "
                                f"(expected a name registered in reference_impls: {valid})")
     return problems
+
+
+# A venue's short name and words its BibTeX booktitle or journal must contain (any one of them).
+VENUE_WORDS: dict[str, tuple[str, ...]] = {
+    "CVPR": ("Computer Vision and Pattern Recognition", "CVPR"),
+    "CVPRW": ("Computer Vision and Pattern Recognition", "CVPR"),
+    "ICCV": ("International Conference on Computer Vision", "ICCV"),
+    "ICCVW": ("International Conference on Computer Vision", "ICCV"),
+    "ECCV": ("European Conference on Computer Vision", "ECCV"),
+    "NeurIPS": ("Neural Information Processing Systems", "NeurIPS"),
+    "ICLR": ("Learning Representations", "ICLR"),
+    "ICML": ("International Conference on Machine Learning", "Machine Learning Research", "ICML"),
+    "AAAI": ("AAAI",),
+    "ACL": ("Association for Computational Linguistics", "ACL"),
+    "EMNLP": ("Empirical Methods in Natural Language Processing", "EMNLP"),
+    "NAACL": ("North American Chapter of the Association for Computational Linguistics", "NAACL"),
+    "EACL": ("European Chapter of the Association for Computational Linguistics", "EACL"),
+    "IJCV": ("International Journal of Computer Vision",),
+    "TPAMI": ("Pattern Analysis and Machine Intelligence",),
+    "TMLR": ("Transactions on Machine Learning Research",),
+    "WACV": ("Winter Conference on Applications of Computer Vision", "WACV"),
+    "ACM MM": ("ACM International Conference on Multimedia", "ACM Multimedia", "MM"),
+}
+
+
+def venue_disagreements(method: Method, entry: BibEntry) -> list[tuple[tuple, str]]:
+    """Where a method's `year` or `venue` disagrees with the BibTeX of its introducing paper.
+
+    Returns:
+        (field path, reviewer-style message) pairs; empty when they agree.
+    """
+    where = f"{entry.file}:{entry.line}"
+    found: list[tuple[tuple, str]] = []
+    if entry.year and entry.year != str(method.year):
+        found.append((("year",), f"year {method.year} disagrees with its BibTeX ({where} has year = "
+                                 f"{entry.year}); make them equal (CONTRIBUTING.md: which year to use)"))
+    venue_year = re.search(r"\b(19|20)\d\d\b", method.venue)
+    if venue_year and venue_year.group(0) != str(method.year):
+        found.append((("venue",), f"venue '{method.venue}' names the year {venue_year.group(0)} but year is "
+                                  f"{method.year}; make them equal"))
+    short = re.sub(r"\s*\b(19|20)\d\d\b.*$", "", method.venue).strip()
+    bib_venue = " ".join(entry.fields.get(name, "") for name in ("booktitle", "journal", "series"))
+    if short.lower() == "arxiv":
+        if entry.fields.get("booktitle") or ("journal" in entry.fields and "arxiv" not in bib_venue.lower()):
+            found.append((("venue",), f"venue says arXiv but {where} gives a published venue "
+                                      f"('{entry.venue}'); name that venue instead"))
+    elif short in VENUE_WORDS and not any(w.lower() in bib_venue.lower() for w in VENUE_WORDS[short]):
+        found.append((("venue",), f"venue '{method.venue}' disagrees with its BibTeX ({where}: "
+                                  f"'{entry.venue or 'no booktitle or journal'}'); expected the BibTeX "
+                                  f"venue to mention '{VENUE_WORDS[short][0]}'"))
+    return found
 
 
 def _check_results(kb: KnowledgeBase, files: list[tuple[ResultsFile, LocatedYaml, str]]) -> list[Problem]:

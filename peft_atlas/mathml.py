@@ -12,6 +12,8 @@ _INLINE = re.compile(r'<span class="arithmatex">\\\((.*?)\\\)</span>', re.S)
 _DISPLAY = re.compile(r'<div class="arithmatex">\\\[(.*?)\\\]</div>', re.S)
 # Math inside the Markdown fields of the data files.
 MATH_IN_MARKDOWN = re.compile(r"\$\$(.+?)\$\$|\$([^$\n]+?)\$", re.S)
+# A macro the converter does not know comes out as its own name in an element's text.
+_LEAKED_MACRO = re.compile(r">(\\[A-Za-z]+)<")
 
 
 def latex_to_mathml(latex: str, display: bool = False) -> str:
@@ -48,9 +50,13 @@ def math_problems(text: str) -> list[str]:
             messages.append(f"unbalanced braces in the LaTeX '{latex.strip()}'")
             continue
         try:
-            latex_to_mathml(latex)
+            mathml = latex_to_mathml(latex)
         except ValueError as error:
             messages.append(str(error))
+            continue
+        for macro in dict.fromkeys(_LEAKED_MACRO.findall(mathml)):
+            messages.append(f"unknown LaTeX macro '{macro}' in '{latex.strip()}': the page would show it "
+                            "as text (use a standard macro, e.g. \\mathrm{...} or \\operatorname{...})")
     return messages
 
 

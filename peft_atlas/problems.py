@@ -24,6 +24,9 @@ Hints = Mapping[tuple[str, str], str]
 
 M = TypeVar("M", bound=BaseModel)
 
+TODO_MARKER = "TODO(new)"
+"""Marks a value `peft-atlas new` left to fill; validation reports each one as a to-do."""
+
 # YAML 1.1 reads a number with an exponent but no dot (1e-3) as a string.
 _EXPONENT_WITHOUT_DOT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
 
@@ -160,3 +163,32 @@ def _inside(annotation: Any, part: str | int) -> Any:
 
 def _is_model(annotation: Any) -> bool:
     return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
+def todo_problems(data: Any, file: str, line_of: LineOf | None = None) -> tuple[list[Problem], set[str]]:
+    """A problem for every string value still holding the scaffold's marker, and their dotted paths.
+
+    Args:
+        data: A parsed YAML document.
+        file: Path shown in problems.
+        line_of: Line of a location in the input, if known.
+    """
+    problems: list[Problem] = []
+    paths: set[str] = set()
+
+    def visit(value: Any, location: Location) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                visit(item, (*location, key))
+        elif isinstance(value, list):
+            for index, item in enumerate(value):
+                visit(item, (*location, index))
+        elif isinstance(value, str) and TODO_MARKER in value:
+            dotted = ".".join(str(p) for p in location)
+            paths.add(dotted)
+            what = value.split(TODO_MARKER, 1)[1].lstrip(": ").strip()
+            problems.append(Problem(file, line_of(location) if line_of else 0, dotted, f"to fill: {what}"))
+
+    visit(data, ())
+    return problems, paths
+

@@ -216,6 +216,42 @@ class ResultsFile(Strict):
     rows: list[ResultRow] = Field(min_length=1)
 
 
+# ---------------------------------------------------------------- coverage
+
+
+class ExcludedPaper(Strict):
+    """A paper that is deliberately not a method entry, and why."""
+
+    title: str = Field(min_length=1, pattern=PLAIN_NAME)
+    url: str = Field(pattern=URL, description="The paper's page (arXiv, publisher or OpenReview).")
+    reason: Literal["not-a-method", "out-of-scope", "survey", "duplicate"]
+    note: str = Field(min_length=1, description="One sentence: what the paper is and why it is not an entry.")
+    duplicate_of: str | None = Field(
+        default=None, pattern=SLUG, description="With reason duplicate: the method entry that covers it.")
+
+
+class ExcludedFile(Strict):
+    """taxonomy/excluded.yaml: papers of the covered lists that are not entries."""
+
+    papers: list[ExcludedPaper] = Field(min_length=1)
+
+
+class ListedPaper(Strict):
+    title: str = Field(min_length=1)
+    paper: str | None = Field(default=None, description="The URL the list gives, if any.")
+    entry: str | None = Field(
+        default=None, pattern=SLUG,
+        description="The method entry, only where the list's title differs from the paper's BibTeX title.")
+
+
+class PaperList(Strict):
+    """taxonomy/coverage/<list>.yaml: a public list of papers the atlas promises to cover."""
+
+    name: str = Field(min_length=1)
+    source: str = Field(pattern=URL, description="Where the list is published.")
+    papers: list[ListedPaper] = Field(min_length=1)
+
+
 def json_schemas() -> dict[str, dict]:
     """JSON Schemas of the files contributors edit, keyed by schema file name."""
     return {
@@ -223,4 +259,6 @@ def json_schemas() -> dict[str, dict]:
         "results.schema.json": ResultsFile.model_json_schema(),
         "categories.schema.json": CategoriesFile.model_json_schema(),
         "benchmarks.schema.json": BenchmarksFile.model_json_schema(),
+        "excluded.schema.json": ExcludedFile.model_json_schema(),
+        "coverage.schema.json": PaperList.model_json_schema(),
     }

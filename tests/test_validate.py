@@ -75,6 +75,20 @@ BAD_INPUTS = [
     ("dangling-impl", lambda r: edit(r, LORA, "mergeable: true", "mergeable: true\nimpl: no-such-impl"),
      "impl: unknown implementation 'no-such-impl'"),
     ("bad-url", lambda r: edit(r, LORA, "paper: https://", "paper: ftp://"), "paper: String should match pattern"),
+    ("year-disagrees-with-bib", lambda r: edit(r, LORA, "year: 2022", "year: 2021"),
+     "lora.yaml:8: year: year 2021 disagrees with its BibTeX (bib/hu2022lora.bib:1 has year = 2022)"),
+    ("venue-disagrees-with-bib", lambda r: edit(r, LORA, "venue: ICLR 2022", "venue: CVPR 2022"),
+     "lora.yaml:9: venue: venue 'CVPR 2022' disagrees with its BibTeX (bib/hu2022lora.bib:1: "
+     "'International Conference on Learning Representations')"),
+    ("venue-year-disagrees", lambda r: edit(r, LORA, "venue: ICLR 2022", "venue: ICLR 2021"),
+     "venue: venue 'ICLR 2021' names the year 2021 but year is 2022"),
+    ("unknown-latex-macro", lambda r: edit(r, LORA, "with rank $r$", "with rank $\\rank r$"),
+     "method: unknown LaTeX macro '\\rank' in '\\rank r'"),
+    ("uncited-bib", lambda r: write(r, "bib/smith2020orphan.bib",
+                                    "@misc{smith2020orphan,\n  author = {Smith, A.},\n  title = {Orphan},\n"
+                                    "  year = {2020},\n  url = {https://example.org}\n}\n"),
+     "bib/smith2020orphan.bib:1: smith2020orphan: no method, results row, benchmark, preset or category "
+     "source cites 'smith2020orphan'"),
     ("bad-math", lambda r: edit(r, LORA, "with rank $r$", "with rank $r_$"), "cannot render the LaTeX 'r_'"),
     ("unbalanced-math", lambda r: edit(r, LORA, "with rank $r$", "with rank $\\frac{r$"),
      "method: unbalanced braces in the LaTeX"),

@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from peft_atlas.kb import load
+from peft_atlas.kb import cited_bib_keys, load
 from peft_atlas.render import render_pages
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,8 +31,11 @@ def make_knowledge_base(root: Path, size: int) -> None:
         shutil.copy(REPO / "taxonomy" / name, root / "taxonomy" / name)
     # Implementations are found by scanning their sources: the real ones serve every copy.
     (root / "reference_impls").symlink_to(REPO / "reference_impls", target_is_directory=True)
+    # Only the BibTeX the copies cite (the real results rows are not copied, nor their sources).
+    cited = cited_bib_keys(load(REPO, check_math=False)[0], include_results=False) | {"jie2023fact"}
     for bib in REPO.glob("bib/*.bib"):
-        shutil.copy(bib, root / "bib" / bib.name)
+        if bib.stem in cited:
+            shutil.copy(bib, root / "bib" / bib.name)
     templates = sorted((REPO / "taxonomy" / "methods").glob("*.yaml"))
     if size < len(templates):
         raise SystemExit(f"size must be at least {len(templates)} (one copy of every real method)")

@@ -83,6 +83,9 @@ class KnowledgeBase:
     data_driven_impls: set[str] = field(default_factory=set)
     clip_impls: set[str] = field(default_factory=set)
     presets: dict[str, list[str]] | None = None
+    # Papers deliberately not entries (taxonomy/excluded.yaml) and the public lists covered.
+    excluded: list = field(default_factory=list)
+    paper_lists: dict[str, Any] = field(default_factory=dict)
     # Bib keys the presets name as their sources.
     preset_bib_keys: set[str] = field(default_factory=set)
     # Ids of method files that exist but failed validation: not reported again as dangling.
@@ -306,7 +309,8 @@ def _check_coverage(kb: KnowledgeBase, root: Path, load_model) -> list[Problem]:
     excluded_path = root / "taxonomy" / "excluded.yaml"
     if excluded_path.is_file():
         excluded, doc = load_model(excluded_path, ExcludedFile)
-        for index, paper in enumerate(excluded.papers if excluded else []):
+        kb.excluded = list(excluded.papers) if excluded else []
+        for index, paper in enumerate(kb.excluded):
             excluded_titles.add(title_key(paper.title))
             where = ("taxonomy/excluded.yaml", doc.line_of(("papers", index)))
             if paper.reason == "duplicate" and paper.duplicate_of not in kb.methods:
@@ -321,6 +325,8 @@ def _check_coverage(kb: KnowledgeBase, root: Path, load_model) -> list[Problem]:
     for path in sorted((root / "taxonomy" / "coverage").glob("*.yaml")):
         listed, doc = load_model(path, PaperList)
         rel = path.relative_to(root).as_posix()
+        if listed is not None:
+            kb.paper_lists[path.stem] = listed
         for index, paper in enumerate(listed.papers if listed else []):
             line = doc.line_of(("papers", index))
             if paper.entry is not None:
@@ -336,13 +342,20 @@ def _check_coverage(kb: KnowledgeBase, root: Path, load_model) -> list[Problem]:
     return problems
 
 
-def _check_uncited_bib(kb: KnowledgeBase) -> list[Problem]:
-    """A BibTeX file that nothing cites is either a forgotten citation or a leftover."""
+def cited_bib_keys(kb: KnowledgeBase, include_results: bool = True) -> set[str]:
+    """Bib keys cited by methods, categories, benchmarks, presets and (optionally) results rows."""
     cited = {key for method in kb.methods.values() for key in method.bib}
-    cited |= {loaded.row.source.bib for loaded in kb.results}
     cited |= set(kb.categories.sources if kb.categories else [])
     cited |= {key for benchmark in kb.benchmarks.values() for key in benchmark.bib}
     cited |= kb.preset_bib_keys
+    if include_results:
+        cited |= {loaded.row.source.bib for loaded in kb.results}
+    return cited
+
+
+def _check_uncited_bib(kb: KnowledgeBase) -> list[Problem]:
+    """A BibTeX file that nothing cites is either a forgotten citation or a leftover."""
+    cited = cited_bib_keys(kb)
     return [Problem(entry.file, entry.line, key,
                     f"no method, results row, benchmark, preset or category source cites '{key}': "
                     "add the key to the entry that relies on it, or delete the file")
@@ -735,10 +748,10 @@ def _check_base_novel_row(row: ResultRow, benchmark: Benchmark, problem) -> None
     if row.base_novel_mean is not None:
         values.append((("base_novel_mean",), row.base_novel_mean))
     for path, value in values:
-        for field in ("base", "novel", "hm"):
-            number = getattr(value, field)
+        for name in ("base", "novel", "hm"):
+            number = getattr(value, name)
             if number is not None and not 0 <= number <= 100:
-                problem((*path, field), f"expected an accuracy between 0 and 100, got {number}")
+                problem((*path, name), f"expected an accuracy between 0 and 100, got {number}")
     if row.known_inconsistency:
         # The source contradicts itself: its numbers are kept and the explanation shown.
         return

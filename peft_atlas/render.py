@@ -10,7 +10,7 @@ import html
 import json
 import re
 import posixpath
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import fmean
@@ -20,7 +20,7 @@ from markupsafe import Markup, escape
 
 from .chart import BaseNovelPoint, Point, base_novel_svg, scatter_svg
 from .fidelity import PROXY_FOR, proxy_fidelity
-from .kb import KnowledgeBase, LoadedRow, base_novel_mismatches, harmonic_mean, task_group_means
+from .kb import KnowledgeBase, LoadedRow, base_novel_mismatches, harmonic_mean, task_group_means, title_key
 from .latex import SUBSCRIPTS, SUPERSCRIPTS
 from .mathml import MATH_IN_MARKDOWN
 from .base_novel import finish_row as finish_base_novel_row
@@ -419,9 +419,42 @@ def render_pages(kb: KnowledgeBase, extra: dict | None = None) -> dict[str, str]
                         if getattr(b, "kind", "accuracy") == "base-to-novel" or b.id == "vlm-micro"
                         if f"results/{b.id}.md" in pages],
             **common)
+    by_application: dict[str, list] = defaultdict(list)
+    for method in sorted(kb.methods.values(), key=lambda m: (m.name.lower(), m.id)):
+        for application in method.applications:
+            by_application[application].append(method)
+    subtype_names = {(c.id, t.id): t.name for c in categories.categories for t in c.subtypes}
+    pages["applications.md"] = env.get_template("applications.md.j2").render(
+        page="applications.md", by_application=by_application, subtype_names=subtype_names, **common)
+    if kb.paper_lists:
+        exclusion_counts = sorted(Counter(p.reason for p in kb.excluded).items())
+        pages["coverage.md"] = env.get_template("coverage.md.j2").render(
+            page="coverage.md", coverage=_coverage(kb), exclusion_counts=exclusion_counts, **common)
     pages["bibliography.md"] = env.get_template("bibliography.md.j2").render(
         page="bibliography.md", cited_by=_cited_by(kb), **common)
     return pages
+
+
+def _coverage(kb: KnowledgeBase) -> dict[str, dict]:
+    """For each covered list: its papers with the entries or the exclusion that cover each."""
+    methods_by_title: dict[str, list] = defaultdict(list)
+    for method in kb.methods.values():
+        for key in method.bib:
+            if key in kb.bib and method not in methods_by_title[title_key(kb.bib[key].title)]:
+                methods_by_title[title_key(kb.bib[key].title)].append(method)
+    exclusions = {title_key(p.title): p for p in kb.excluded}
+    coverage = {}
+    for list_id, listed in kb.paper_lists.items():
+        rows = []
+        for paper in listed.papers:
+            key = title_key(paper.title)
+            methods = ([kb.methods[paper.entry]] if paper.entry in kb.methods else methods_by_title.get(key, []))
+            rows.append({"title": paper.title, "methods": methods,
+                         "exclusion": None if methods else exclusions.get(key)})
+        coverage[list_id] = {"rows": rows, "entries": sum(1 for r in rows if r["methods"]),
+                             "excluded": sum(1 for r in rows if r["exclusion"]),
+                             "entry_ids": sorted({m.id for r in rows for m in r["methods"]})}
+    return coverage
 
 
 def _chart(benchmark_name: str, rows: list[dict], reproduced: list[dict]) -> str:
@@ -537,7 +570,7 @@ def build_nav(kb: KnowledgeBase, pages: dict[str, str], hand_written: list) -> l
         hand_written: The ``nav`` entries of mkdocs.yml, appended as they are.
     """
     assert kb.categories is not None
-    taxonomy: list = [{"All methods": "methods/index.md"}]
+    taxonomy: list = [{"All methods": "methods/index.md"}, {"By application": "applications.md"}]
     for category in kb.categories.categories:
         members = sorted((m for m in kb.methods.values() if m.category == category.id),
                          key=lambda m: m.name.lower())
@@ -558,6 +591,8 @@ def build_nav(kb: KnowledgeBase, pages: dict[str, str], hand_written: list) -> l
             {", ".join(names): f"api/{module.rsplit('.', 1)[-1]}.md"}
             for module, names in api_modules(kb).items()]})
     nav.append({"Bibliography": "bibliography.md"})
+    if "coverage.md" in pages:
+        nav.append({"Coverage": "coverage.md"})
     return nav + list(hand_written)
 
 

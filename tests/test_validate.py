@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from conftest import REPO, base_novel_yaml, edit, results_yaml, write, write_base_novel
 from peft_atlas.kb import base_novel_mismatches, harmonic_mean, harmonic_mean_tolerance, load
+from peft_atlas.render import render_pages
 
 
 def problems_of(root: Path) -> list[str]:
@@ -378,3 +379,62 @@ def test_repository_base_to_novel_rows_are_sourced_and_complete():
         assert row.source.bib in kb.bib and row.source.table.startswith("Table")
         # a row is either consistent or says why it is not
         assert bool(base_novel_mismatches(row, benchmark)) == bool(row.known_inconsistency), row.method
+
+
+COVERAGE = """\
+name: A list
+source: https://example.org/list
+papers:
+  - title: "LoRA: Low-Rank Adaptation of Large Language Models"
+    paper: https://arxiv.org/abs/2106.09685
+  - title: "A Survey of Everything"
+    paper: null
+  - title: "Some Method Nobody Added"
+"""
+EXCLUDED = """\
+papers:
+  - title: A Survey of Everything
+    url: https://example.org/survey
+    reason: survey
+    note: A survey, not a method.
+"""
+
+
+def test_every_listed_paper_is_an_entry_or_an_exclusion(mini_kb: Path) -> None:
+    (mini_kb / "taxonomy" / "coverage").mkdir()
+    write(mini_kb, "taxonomy/coverage/a-list.yaml", COVERAGE)
+    write(mini_kb, "taxonomy/excluded.yaml", EXCLUDED)
+    assert [str(p) for p in load(mini_kb)[1]] == [
+        "taxonomy/coverage/a-list.yaml:8: papers.2.title: 'Some Method Nobody Added' is neither a method "
+        "entry (no entry's BibTeX has this title) nor a row of taxonomy/excluded.yaml: add the method with "
+        "`peft-atlas new`, or exclude it with its reason; if the paper's published title differs from the "
+        "list's, set `entry:` to its id"]
+    edit(mini_kb, "taxonomy/coverage/a-list.yaml", '  - title: "Some Method Nobody Added"\n',
+         '  - title: "Some Method Nobody Added"\n    entry: dora\n')
+    kb, problems = load(mini_kb)
+    assert problems == []
+    pages = render_pages(kb)
+    assert "| 1 | LoRA: Low-Rank Adaptation of Large Language Models | [LoRA](methods/lora.md) |" in pages["coverage.md"]
+    assert "| 2 | A Survey of Everything | excluded (survey): A survey, not a method. |" in pages["coverage.md"]
+    assert "| 3 | Some Method Nobody Added | [DoRA](methods/dora.md) |" in pages["coverage.md"]
+    assert "1 paper by reason:\nsurvey 1." in pages["coverage.md"]
+
+
+@pytest.mark.parametrize(("reason", "expected"), [
+    ("somehow", "papers.0.reason: Input should be 'not-a-method', 'out-of-scope', 'survey' or 'duplicate'"),
+    ("duplicate", "papers.0.duplicate_of: a duplicate names the method entry that covers it"),
+])
+def test_exclusions_say_why(mini_kb: Path, reason: str, expected: str) -> None:
+    write(mini_kb, "taxonomy/excluded.yaml", EXCLUDED.replace("reason: survey", f"reason: {reason}"))
+    problems = [str(p) for p in load(mini_kb)[1]]
+    assert any(expected in p for p in problems), problems
+
+
+def test_applications_page_lists_each_method_under_its_tasks(mini_kb: Path) -> None:
+    kb, problems = load(mini_kb)
+    page = render_pages(kb)["applications.md"]
+    classification, language = page.split("## Image classification")[1], page.split("## Language tasks")[1]
+    assert "[DoRA](methods/dora.md)" in classification and "[LoRA](methods/lora.md)" in classification
+    assert "[DoRA](methods/dora.md)" in language.split("##")[0]
+    assert "[LoRA](methods/lora.md)" not in language.split("##")[0]
+    assert "## Point clouds" not in page  # no method, no section

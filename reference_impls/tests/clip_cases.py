@@ -41,8 +41,8 @@ class ClipCase:
     method: str
     kwargs: dict[str, Any] = field(default_factory=dict)
     zero_shot: bool = False
-    params: Callable[[int, int, int, int], int] = lambda text, embed, classes, vision: 0
-    text_rows: Callable[[int, int], int] = lambda batch, classes: classes
+    params: Callable[[int, int, int, int], int] = field(default=lambda text, embed, classes, vision: 0)
+    text_rows: Callable[[int, int], int] = field(default=lambda batch, classes: classes)
 
     @property
     def id(self) -> str:

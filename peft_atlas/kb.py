@@ -21,8 +21,8 @@ from .mathml import math_problems
 from .measured import LoadedRun, load_measured_runs
 from .problems import Problem, todo_problems, validate_model
 from .scaffold import marker_lines
-from .schema import (BaseNovel, Benchmark, BenchmarksFile, CategoriesFile, ExcludedFile, Method, PaperList,
-                     ResultRow, ResultsFile)
+from .schema import (BaseNovel, Benchmark, BenchmarksFile, CategoriesFile, CrosswalkFile, ExcludedFile, Method,
+                     PaperList, ResultRow, ResultsFile)
 from .yamlio import LocatedYaml, load_yaml
 
 # Tables print accuracies rounded to 0.1: the mean of rounded tasks is off by up to 0.05 and the
@@ -83,6 +83,8 @@ class KnowledgeBase:
     data_driven_impls: set[str] = field(default_factory=set)
     clip_impls: set[str] = field(default_factory=set)
     presets: dict[str, list[str]] | None = None
+    # Each method's names in other libraries (taxonomy/crosswalk.yaml), or None without that file.
+    crosswalk: Any = None
     # Papers deliberately not entries (taxonomy/excluded.yaml) and the public lists covered.
     excluded: list = field(default_factory=list)
     paper_lists: dict[str, Any] = field(default_factory=dict)
@@ -292,8 +294,34 @@ def load(root: Path | str, check_math: bool = True) -> tuple[KnowledgeBase, list
                                         f"unknown bib key '{key}' (expected a file bib/{key}.bib)"))
     problems.extend(_check_uncited_bib(kb))
     problems.extend(_check_coverage(kb, root, load_model))
+    problems.extend(_check_crosswalk(kb, root, load_model))
     problems.extend(Problem(file, line, "", f"to fill: {what}") for file, line, what in marker_lines(root))
     return kb, sorted(set(problems))
+
+
+def _check_crosswalk(kb: KnowledgeBase, root: Path, load_model) -> list[Problem]:
+    """Crosswalk rows name known methods and libraries."""
+    path = root / "taxonomy" / "crosswalk.yaml"
+    if not path.is_file():
+        return []
+    crosswalk, doc = load_model(path, CrosswalkFile)
+    if crosswalk is None:
+        return []
+    kb.crosswalk = crosswalk
+    problems = []
+    libraries = {library.id for library in crosswalk.libraries}
+    for method_id, entries in crosswalk.methods.items():
+        if method_id not in kb.methods:
+            problems.append(Problem("taxonomy/crosswalk.yaml", doc.line_of(("methods", method_id)),
+                                    f"methods.{method_id}", f"unknown method id '{method_id}' "
+                                    "(expected the id of a file in taxonomy/methods/)"))
+        for index, entry in enumerate(entries):
+            if entry.library not in libraries:
+                problems.append(Problem("taxonomy/crosswalk.yaml", doc.line_of(("methods", method_id, index)),
+                                        f"methods.{method_id}.{index}.library",
+                                        f"unknown library '{entry.library}' (expected one of: "
+                                        f"{', '.join(sorted(libraries))})"))
+    return problems
 
 
 def title_key(title: str) -> str:

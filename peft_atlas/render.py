@@ -323,13 +323,14 @@ def render_pages(kb: KnowledgeBase, extra: dict | None = None) -> dict[str, str]
         items.sort(key=lambda m: (m.year, m.name.lower()))
     insertion_names = {p.id: p.name for p in categories.insertion_points}
     application_names = {a.id: a.name for a in categories.applications}
+    libraries = {library.id: library for library in kb.crosswalk.libraries} if kb.crosswalk else {}
     facet_names = {v.id: v.name for values in (categories.facets.prompt_modality,
                                                categories.facets.adapter_role) for v in values}
     results_by_benchmark: dict[str, list[dict]] = defaultdict(list)
     for loaded in kb.results:
         results_by_benchmark[loaded.benchmark].append(_row_context(kb, loaded))
     common = dict(kb=kb, categories=categories, methods_by_subtype=methods_by_subtype,
-                  insertion_names=insertion_names, application_names=application_names,
+                  insertion_names=insertion_names, application_names=application_names, libraries=libraries,
                   facet_names=facet_names, results_by_benchmark=results_by_benchmark, extra=extra)
 
     pages: dict[str, str] = {}

@@ -252,6 +252,36 @@ class PaperList(Strict):
     papers: list[ListedPaper] = Field(min_length=1)
 
 
+
+# ---------------------------------------------------------------- crosswalk
+
+
+class CrosswalkLibrary(Strict):
+    """Another library or benchmark that implements PEFT methods."""
+
+    id: str = Field(pattern=SLUG)
+    name: str = Field(pattern=PLAIN_NAME)
+    url: str = Field(pattern=URL)
+    version: str = Field(min_length=1, description="The release or commit the names were read from.")
+
+
+class CrosswalkEntry(Strict):
+    """The same method in another library: its name there and an equivalent configuration."""
+
+    library: str = Field(pattern=SLUG, description="A library id of the crosswalk file.")
+    name: str = Field(min_length=1, description="Class, option or method name in that library.")
+    config: str | None = Field(default=None, description="An equivalent configuration, as code or options.")
+    note: str | None = Field(default=None, description="Where it differs from the atlas's method or preset.")
+    source: str = Field(pattern=URL, description="The file in that library where the name is defined.")
+
+
+class CrosswalkFile(Strict):
+    """taxonomy/crosswalk.yaml: each method's names in other libraries."""
+
+    libraries: list[CrosswalkLibrary] = Field(min_length=1)
+    methods: dict[str, list[CrosswalkEntry]] = Field(default_factory=dict)
+
+
 def json_schemas() -> dict[str, dict]:
     """JSON Schemas of the files contributors edit, keyed by schema file name."""
     return {
@@ -261,4 +291,5 @@ def json_schemas() -> dict[str, dict]:
         "benchmarks.schema.json": BenchmarksFile.model_json_schema(),
         "excluded.schema.json": ExcludedFile.model_json_schema(),
         "coverage.schema.json": PaperList.model_json_schema(),
+        "crosswalk.schema.json": CrosswalkFile.model_json_schema(),
     }

@@ -438,3 +438,34 @@ def test_applications_page_lists_each_method_under_its_tasks(mini_kb: Path) -> N
     assert "[DoRA](methods/dora.md)" in language.split("##")[0]
     assert "[LoRA](methods/lora.md)" not in language.split("##")[0]
     assert "## Point clouds" not in page  # no method, no section
+
+
+CROSSWALK = """\
+libraries:
+  - {id: hf-peft, name: HF PEFT, url: "https://github.com/huggingface/peft", version: v0.13.0}
+methods:
+  lora:
+    - library: hf-peft
+      name: LoraConfig
+      config: "LoraConfig(r=8, target_modules=['qkv'])"
+      note: timm's fused qkv gets one low-rank pair for q, k and v together
+      source: https://github.com/huggingface/peft/blob/main/src/peft/tuners/lora/config.py
+"""
+
+
+def test_crosswalk_rows_show_on_the_card_and_name_known_ids(mini_kb: Path) -> None:
+    write(mini_kb, "taxonomy/crosswalk.yaml", CROSSWALK)
+    kb, problems = load(mini_kb)
+    assert problems == []
+    card = render_pages(kb)["methods/lora.md"]
+    assert "## In other libraries" in card
+    assert ("| [HF PEFT](https://github.com/huggingface/peft) v0.13.0 | [<code>LoraConfig</code>](https://github.com/"
+            "huggingface/peft/blob/main/src/peft/tuners/lora/config.py) | <code>LoraConfig(r=8, target_modules="
+            "&#91;&#39;qkv&#39;&#93;)</code> | timm&#39;s fused qkv gets one") in card
+    assert "## In other libraries" not in render_pages(kb)["methods/dora.md"]
+    write(mini_kb, "taxonomy/crosswalk.yaml", CROSSWALK.replace("  lora:", "  qlora:").replace(
+        "- library: hf-peft", "- library: adapterhub"))
+    assert sorted(str(p) for p in load(mini_kb)[1]) == [
+        "taxonomy/crosswalk.yaml:4: methods.qlora: unknown method id 'qlora' (expected the id of a file in "
+        "taxonomy/methods/)",
+        "taxonomy/crosswalk.yaml:5: methods.qlora.0.library: unknown library 'adapterhub' (expected one of: hf-peft)"]

@@ -337,7 +337,7 @@ def render_pages(kb: KnowledgeBase, extra: dict | None = None) -> dict[str, str]
     pages["index.md"] = env.get_template("index.md.j2").render(
         page="index.md", counts=_counts(kb), **common)
     pages["methods/index.md"] = env.get_template("methods_index.md.j2").render(
-        page="methods/index.md", **common)
+        page="methods/index.md", finder=finder_rows(kb, extra), **common)
     for category in categories.categories:
         path = f"categories/{category.id}.md"
         pages[path] = env.get_template("category.md.j2").render(page=path, category=category, **common)
@@ -434,6 +434,55 @@ def render_pages(kb: KnowledgeBase, extra: dict | None = None) -> dict[str, str]
     pages["bibliography.md"] = env.get_template("bibliography.md.j2").render(
         page="bibliography.md", cited_by=_cited_by(kb), **common)
     return pages
+
+
+def _vit_b16_params(kb: KnowledgeBase, method, extra: dict) -> tuple[float | None, str]:
+    """Trainable parameters (millions, head excluded) of a method on ViT-B/16, and where from.
+
+    The implementation's first paper preset, else its default configuration, else the count a
+    VTAB-1k row of the method's own paper reports.
+    """
+    if method.impl:
+        presets = extra.get("presets", {}).get(method.impl, {})
+        if presets:
+            name, preset = next(iter(presets.items()))
+            return preset["method"] / 1e6, f"the implementation's preset {name}"
+        counts = extra.get("param_counts", {}).get(method.impl)
+        if counts:
+            return counts[0]["method"] / 1e6, "the implementation's default configuration"
+    for loaded in kb.results:
+        row = loaded.row
+        if (loaded.benchmark == "vtab-1k" and row.method == method.id and row.params_m is not None
+                and row.source.bib == method.bib[0] and "ViT-B/16" in row.backbone):
+            head = " (head included)" if row.params_include_head else ""
+            return row.params_m, f"reported in {row.source.bib}, {row.source.table}{head}"
+    return None, ""
+
+
+def finder_rows(kb: KnowledgeBase, extra: dict) -> list[dict]:
+    """One row per method for the method finder: the facets, the counts and the best means."""
+    assert kb.categories is not None
+    subtype_names = {(c.id, t.id): t.name for c in kb.categories.categories for t in c.subtypes}
+    best: dict[str, dict[str, float]] = defaultdict(dict)
+    vtab = kb.benchmarks.get("vtab-1k")
+    for loaded in kb.results:
+        if loaded.benchmark != "vtab-1k" or vtab is None:
+            continue
+        means = reported_means(loaded.row, vtab)
+        for convention in ("mean_of_tasks", "mean_of_group_means"):
+            figure = means[convention]
+            if figure is not None:
+                current = best[loaded.row.method].get(convention)
+                best[loaded.row.method][convention] = max(figure.value, current if current is not None else -1.0)
+    rows = []
+    for method in kb.methods.values():
+        params_m, params_basis = _vit_b16_params(kb, method, extra)
+        rows.append({"method": method, "category": kb.category(method.category).name,
+                     "subtype": subtype_names[(method.category, method.subtype)],
+                     "params_m": params_m, "params_basis": params_basis,
+                     "best": best.get(method.id, {}),
+                     "search": " ".join([method.name, method.full_name, method.id, *method.aliases]).lower()})
+    return rows
 
 
 def _coverage(kb: KnowledgeBase) -> dict[str, dict]:

@@ -224,7 +224,7 @@ class ExcludedPaper(Strict):
 
     title: str = Field(min_length=1, pattern=PLAIN_NAME)
     url: str = Field(pattern=URL, description="The paper's page (arXiv, publisher or OpenReview).")
-    reason: Literal["not-a-method", "out-of-scope", "survey", "duplicate"]
+    reason: Literal["not-a-method", "out-of-scope", "survey", "duplicate", "unverified"]
     note: str = Field(min_length=1, description="One sentence: what the paper is and why it is not an entry.")
     duplicate_of: str | None = Field(
         default=None, pattern=SLUG, description="With reason duplicate: the method entry that covers it.")

@@ -157,3 +157,28 @@ def test_wide_results_table_keeps_its_method_column_and_header_in_view(page, ser
     assert frame_box["width"] >= widths["content"] - 1 if width < 1000 else frame_box["width"] >= 0.9 * widths["content"]
     hosts = {urlparse(url).hostname for url in page.requested}
     assert hosts == {"127.0.0.1"}
+
+
+def test_method_finder_filters_and_keeps_the_filter_in_the_address(page, served_site):
+    """"Which methods are mergeable and under 0.5M parameters on ViT-B/16?" in one page."""
+    page.goto(f"{served_site}/methods/index.html?mergeable=yes&params_max=0.5")
+    page.wait_for_load_state("networkidle")
+    rows = page.locator("table.atlas-finder-table tbody tr")
+    shown = rows.locator("visible=true")
+    total, visible = rows.count(), shown.count()
+    assert 0 < visible < total
+    for index in range(visible):
+        cells = shown.nth(index).locator("td")
+        assert cells.nth(6).inner_text() == "yes"
+        assert float(cells.nth(5).inner_text()) <= 0.5
+    assert page.locator("#atlas-finder-count").inner_text() == f"{visible} of {total}"
+    # ticking a box narrows further and lands in the address, so the view can be shared
+    page.check("input[name=implemented][value=yes]")
+    assert "implemented=yes" in page.url and "mergeable=yes" in page.url
+    narrowed = rows.locator("visible=true").count()
+    assert narrowed <= visible
+    for index in range(narrowed):
+        assert rows.locator("visible=true").nth(index).locator("td").nth(7).inner_text() == "yes"
+    page.click("#atlas-finder-reset")
+    page.wait_for_function(f"document.querySelectorAll('table.atlas-finder-table tbody tr:not([hidden])').length === {total}")
+    assert "?" not in page.url

@@ -436,7 +436,8 @@ def test_facets_list_their_methods_apart_and_say_when_there_are_none():
         assert methods, row
         links = re.findall(r"\[[^\]]+\]\([^)]+\)", methods)
         assert methods == "none in the atlas yet" or methods == ", ".join(links), row
-    assert "| Adapter role | Cross-modal fusion adapter | none in the atlas yet |" in home
+    cross_modal = next(row for row in rows if "| Cross-modal fusion adapter |" in row)
+    assert "[VL-Adapter](methods/vl-adapter.md)" in cross_modal
 
 
 def test_reported_rows_show_group_means_and_both_conventions_marked_when_computed(mini_kb):

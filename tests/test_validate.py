@@ -421,7 +421,7 @@ def test_every_listed_paper_is_an_entry_or_an_exclusion(mini_kb: Path) -> None:
 
 
 @pytest.mark.parametrize(("reason", "expected"), [
-    ("somehow", "papers.0.reason: Input should be 'not-a-method', 'out-of-scope', 'survey' or 'duplicate'"),
+    ("somehow", "papers.0.reason: Input should be 'not-a-method', 'out-of-scope', 'survey', 'duplicate' or 'unverified'"),
     ("duplicate", "papers.0.duplicate_of: a duplicate names the method entry that covers it"),
 ])
 def test_exclusions_say_why(mini_kb: Path, reason: str, expected: str) -> None:

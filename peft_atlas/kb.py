@@ -293,6 +293,7 @@ def load(root: Path | str, check_math: bool = True) -> tuple[KnowledgeBase, list
                 problems.append(Problem("taxonomy/benchmarks.yaml", 0, f"{benchmark.id}.bib",
                                         f"unknown bib key '{key}' (expected a file bib/{key}.bib)"))
     problems.extend(_check_uncited_bib(kb))
+    problems.extend(_check_copies(kb))
     problems.extend(_check_coverage(kb, root, load_model))
     problems.extend(_check_crosswalk(kb, root, load_model))
     problems.extend(Problem(file, line, "", f"to fill: {what}") for file, line, what in marker_lines(root))
@@ -367,6 +368,36 @@ def _check_coverage(kb: KnowledgeBase, root: Path, load_model) -> list[Problem]:
                                         "title) nor a row of taxonomy/excluded.yaml: add the method with "
                                         "`peft-atlas new`, or exclude it with its reason; if the paper's "
                                         "published title differs from the list's, set `entry:` to its id"))
+    return problems
+
+
+def source_order(kb: KnowledgeBase, bib: str) -> tuple:
+    """Publication order of a source: year, then arXiv id, then key."""
+    entry = kb.bib.get(bib)
+    return (entry.year if entry else "", entry.fields.get("eprint", "~") if entry else "~", bib)
+
+
+def _check_copies(kb: KnowledgeBase) -> list[Problem]:
+    """Rows of different sources with the same per-task numbers are one result: every later one
+    names the earliest source as `copy_of`, so comparisons count it once."""
+    groups: dict[tuple, list[LoadedRow]] = {}
+    for loaded in kb.results:
+        if len(loaded.row.per_task) > 1:
+            key = (loaded.benchmark, tuple(sorted(loaded.row.per_task.items())))
+            groups.setdefault(key, []).append(loaded)
+    problems = []
+    for rows in groups.values():
+        if len({r.row.source.bib for r in rows}) < 2:
+            continue
+        first = min(rows, key=lambda r: source_order(kb, r.row.source.bib))
+        for loaded in rows:
+            copy = loaded.row.copy_of
+            if loaded.row.source.bib != first.row.source.bib and (copy is None or copy.bib != first.row.source.bib):
+                problems.append(Problem(
+                    loaded.file, loaded.line, f"rows.{loaded.index}.copy_of",
+                    f"the {len(loaded.row.per_task)} per-task numbers equal those of {first.file} (row "
+                    f"{first.index}, {first.row.source.bib} {first.row.source.table}), the earliest source printing "
+                    f"them: add copy_of: {{bib: {first.row.source.bib}, table: \"{first.row.source.table}\"}}"))
     return problems
 
 

@@ -157,10 +157,30 @@ class Source(Strict):
     table: str = Field(min_length=1)
 
 
+class Seeds(Strict):
+    """How many training runs a number stands for, and what the table prints of them."""
+
+    count: int | Literal["not-stated"] = Field(description="Runs per number, or not-stated.")
+    shown: Literal["single-run", "mean", "not-stated"] = Field(
+        description="The printed number is one run or the mean of several.")
+
+
 class Protocol(Strict):
+    """The protocol fingerprint of a reported row: what decides whether two numbers compare."""
+
     mean_convention: MeanConvention
     selection: Selection
+    selection_evidence: str = Field(
+        min_length=1, description="The quote, table caption, or file and line of the released code that "
+                                  "shows the selection rule; 'not stated' with what was read, when nothing does.")
     data_source: str = Field(min_length=1)
+    image_source: Literal["tfds", "image-files", "not-stated"] = Field(
+        description="Images read through TensorFlow Datasets or from image files (file lists).")
+    normalization: Literal["imagenet-mean-std", "none", "not-stated"] = Field(
+        description="Pixel normalization before the backbone.")
+    params_per_task: Literal["average", "fixed", "not-stated"] = Field(
+        description="The parameter count is averaged over per-task configurations, or one configuration serves all.")
+    seeds: Seeds
 
 
 class BaseNovel(Strict):
@@ -204,6 +224,9 @@ class ResultRow(Strict):
         description="Why no preset of the method's reference implementation reproduces params_m "
                     "(e.g. the source does not publish the configuration).")
     source: Source
+    copy_of: Source | None = Field(
+        default=None, description="The row this one copies (same numbers, cited or identical): comparisons "
+                                  "count the original once.")
     note: str | None = None
     known_inconsistency: str | None = Field(
         default=None, description="Why the printed means (or harmonic means) disagree with the "

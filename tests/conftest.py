@@ -90,7 +90,7 @@ rows:
   - method: lora
     backbone: ViT-B/16
     checkpoint: ImageNet-21k supervised
-    protocol: {{mean_convention: {convention}, selection: val200, data_source: synthetic}}
+    protocol: {{mean_convention: {convention}, selection: val200, data_source: synthetic, selection_evidence: synthetic, image_source: image-files, normalization: imagenet-mean-std, params_per_task: fixed, seeds: {{count: 1, shown: single-run}}}}
     per_task: {{{per_task}}}
     mean: {mean}
     params_m: 0.29
@@ -113,7 +113,7 @@ rows:
   - method: lora
     backbone: CLIP ViT-B/16
     checkpoint: OpenAI CLIP
-    protocol: {{mean_convention: mean-of-tasks, selection: not-stated, data_source: synthetic}}
+    protocol: {{mean_convention: mean-of-tasks, selection: not-stated, data_source: synthetic, selection_evidence: synthetic, image_source: image-files, normalization: imagenet-mean-std, params_per_task: fixed, seeds: {{count: 1, shown: single-run}}}}
     source: {{bib: {bib}, table: "Table 1"}}
     base_novel:
 {tasks}    base_novel_mean: {{base: 80.0, novel: 70.0, hm: {mean_hm}}}

@@ -469,3 +469,24 @@ def test_crosswalk_rows_show_on_the_card_and_name_known_ids(mini_kb: Path) -> No
         "taxonomy/crosswalk.yaml:4: methods.qlora: unknown method id 'qlora' (expected the id of a file in "
         "taxonomy/methods/)",
         "taxonomy/crosswalk.yaml:5: methods.qlora.0.library: unknown library 'adapterhub' (expected one of: hf-peft)"]
+
+
+def test_a_row_copying_an_earlier_source_must_say_so(mini_kb: Path) -> None:
+    """The same 19 numbers in a later paper are one result, not two: the later row names the
+    earliest source as copy_of, or validation says which row it copies."""
+    later = results_yaml().replace("source: {bib: hu2022lora", "source: {bib: liu2024dora")
+    write(mini_kb, "taxonomy/reported/vtab-1k/liu2024dora.yaml", later)
+    assert [str(p) for p in load(mini_kb)[1]] == [
+        "taxonomy/reported/vtab-1k/liu2024dora.yaml:3: rows.0.copy_of: the 19 per-task numbers equal those of "
+        "taxonomy/reported/vtab-1k/hu2022lora.yaml (row 0, hu2022lora Table 1), the earliest source printing "
+        "them: add copy_of: {bib: hu2022lora, table: \"Table 1\"}"]
+    write(mini_kb, "taxonomy/reported/vtab-1k/liu2024dora.yaml", later.replace(
+        "    source: {bib: liu2024dora, table: \"Table 1\"}\n",
+        "    source: {bib: liu2024dora, table: \"Table 1\"}\n    copy_of: {bib: hu2022lora, table: \"Table 1\"}\n"))
+    assert load(mini_kb)[1] == []
+
+
+def test_every_reported_row_carries_a_complete_fingerprint(mini_kb: Path) -> None:
+    edit(mini_kb, "taxonomy/reported/vtab-1k/hu2022lora.yaml", " image_source: image-files,", "")
+    problems = [str(p) for p in load(mini_kb)[1]]
+    assert any("rows.0.protocol.image_source: missing required field 'image_source'" in p for p in problems), problems

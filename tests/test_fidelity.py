@@ -236,3 +236,17 @@ def test_the_fidelity_code_loads_no_numerics_library():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "[]"
+
+
+def test_a_row_copying_an_earlier_source_counts_once(mini_kb):
+    """The mini knowledge base's LoRA row (70 everywhere) printed again by a later paper is one
+    result: the median stays over the distinct rows."""
+    add_implemented_method(mini_kb, "lora", "lora")
+    copied = row_yaml("lora", {t: 70.0 for t in TASKS}, bib="liu2024dora").replace(
+        '    source: {bib: liu2024dora, table: "Table 2"}\n',
+        '    source: {bib: liu2024dora, table: "Table 2"}\n    copy_of: {bib: hu2022lora, table: "Table 1"}\n')
+    add_reported(mini_kb, "liu2024dora.yaml", [copied, row_yaml("lora", by_group(80.0, 80.0, 80.0), bib="liu2024dora")])
+    add_micro_run(mini_kb, "lora", 55.0)
+    kb = loaded(mini_kb)
+    [pair] = proxy_fidelity(kb, measured_rows(kb)).pairs
+    assert pair.target_rows == 2 and pair.target_score == pytest.approx(75.0)

@@ -13,7 +13,7 @@ import posixpath
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from statistics import fmean
+from statistics import fmean, median
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from markupsafe import Markup, escape
@@ -274,8 +274,51 @@ def _row_context(kb: KnowledgeBase, loaded: LoadedRow) -> dict:
         "label": scripts_html(label),
         "label_text": scripts_text(label),
         "file": loaded.file,
+        "fingerprint": fingerprint_text(row),
         "anchor": f"{posixpath.splitext(posixpath.basename(loaded.file))[0]}-{loaded.index}",
     }
+
+
+IMAGE_SOURCE_LABELS = {"tfds": "TFDS", "image-files": "image files", "not-stated": "images not stated"}
+NORMALIZATION_LABELS = {"imagenet-mean-std": "ImageNet mean/std", "none": "no normalization",
+                        "not-stated": "normalization not stated"}
+PARAMS_PER_TASK_LABELS = {"average": "params averaged over tasks", "fixed": "one configuration",
+                          "not-stated": "params basis not stated"}
+
+
+def fingerprint_text(row) -> str:
+    """A reported row's protocol fingerprint in words, for a table cell's tooltip."""
+    protocol = row.protocol
+    seeds = protocol.seeds
+    count = "seeds not stated" if seeds.count == "not-stated" else plural(seeds.count, "seed")
+    shown = {"single-run": "one run shown", "mean": "mean shown", "not-stated": "what is shown not stated"}[seeds.shown]
+    head = "head included" if row.params_include_head else "head excluded"
+    return "; ".join([f"selection: {SELECTION_LABELS[protocol.selection]} ({protocol.selection_evidence})",
+                      IMAGE_SOURCE_LABELS[protocol.image_source], NORMALIZATION_LABELS[protocol.normalization],
+                      f"{count}, {shown}", PARAMS_PER_TASK_LABELS[protocol.params_per_task], head,
+                      f"data: {protocol.data_source}"])
+
+
+def test_selection_optimism(rows: list[dict]) -> list[dict]:
+    """Pairs of rows from the same runs of one source, one chosen without the test set (val200 or
+    last epoch) and one at the best test epoch: the gap is what choosing on test adds.
+
+    Rows pair when they share source, method and the label before its last comma
+    (``LoRA, last epoch`` with ``LoRA, best test epoch``).
+    """
+    def key(item: dict) -> tuple:
+        return (item["row"].source.bib, item["row"].method, item["label_text"].rsplit(", ", 1)[0])
+    clean = {key(i): i for i in rows if i["row"].protocol.selection in ("val200", "last-epoch")}
+    pairs = []
+    for item in rows:
+        if item["row"].protocol.selection != "best-test" or key(item) not in clean:
+            continue
+        other = clean[key(item)]
+        chosen, best = other["means"]["mean_of_tasks"], item["means"]["mean_of_tasks"]
+        if chosen is not None and best is not None:
+            pairs.append({"name": key(item)[2], "source": key(item)[0], "clean": chosen.value, "best": best.value,
+                          "gap": best.value - chosen.value})
+    return sorted(pairs, key=lambda p: p["gap"])
 
 
 def _disagreements(rows: list[dict]) -> list[dict]:
@@ -360,7 +403,8 @@ def render_pages(kb: KnowledgeBase, extra: dict | None = None) -> dict[str, str]
             page=path, method=method, category=category, subtype=subtype,
             reproduced=[finish_base_novel_row(r) if r.get("base_novel") else dict(r, base_novel=None)
                         for r in measured if method.impl and r["impl"] == method.impl],
-            rows=rows_by_method.get(method.id, []), related=related,
+            rows=rows_by_method.get(method.id, []), literature=_literature(rows_by_method.get(method.id, [])),
+            related=related,
             referenced_by=[kb.methods[i] for i in sorted(referenced_by.get(method.id, ()))],
             bib_entries=[kb.bib[k] for k in method.bib], **common)
     implemented_as = {m.impl: m for m in kb.methods.values() if m.impl}
@@ -389,11 +433,14 @@ def render_pages(kb: KnowledgeBase, extra: dict | None = None) -> dict[str, str]
         # A proxy benchmark's page says how well it predicts the benchmark it stands in for.
         fidelity = (proxy_fidelity(kb, measured, benchmark.id)
                     if PROXY_FOR.get(benchmark.id) in kb.benchmarks else None)
+        optimism = test_selection_optimism(rows)
         pages[path] = env.get_template("results.md.j2").render(
             page=path, benchmark=benchmark, rows=rows, reproduced=reproduced,
             chart=Markup(_chart(benchmark.name, rows, reproduced)),
             chart_caption=_chart_caption(benchmark, rows, reproduced),
-            disagreements=_disagreements(rows), fidelity=fidelity, **common)
+            disagreements=_disagreements(rows), fidelity=fidelity, optimism=optimism,
+            optimism_median=median(p["gap"] for p in optimism) if optimism else None,
+            sources=sorted({item["row"].source.bib for item in rows}), **common)
     if kb.impls:
         implemented_by = {m.impl: m for m in kb.methods.values() if m.impl}
         pages["api/index.md"] = env.get_template("api_index.md.j2").render(
@@ -483,6 +530,27 @@ def finder_rows(kb: KnowledgeBase, extra: dict) -> list[dict]:
                      "best": best.get(method.id, {}),
                      "search": " ".join([method.name, method.full_name, method.id, *method.aliases]).lower()})
     return rows
+
+
+def _literature(rows: list[dict]) -> list[dict]:
+    """Per benchmark, what a method's reported rows say together: how many rows and sources, how
+    many copy earlier numbers, the spread of the distinct rows' means and the selection rules."""
+    by_benchmark: dict[str, list[dict]] = defaultdict(list)
+    for item in rows:
+        if not item["row"].base_novel:
+            by_benchmark[item["benchmark"].id].append(item)
+    summaries = []
+    for items in by_benchmark.values():
+        distinct = [i for i in items if i["row"].copy_of is None]
+        means = [i["means"]["mean_of_tasks"].value for i in distinct if i["means"]["mean_of_tasks"] is not None]
+        summaries.append({
+            "benchmark": items[0]["benchmark"], "rows": len(items),
+            "sources": sorted({i["row"].source.bib for i in items}),
+            "copies": len(items) - len(distinct), "means": means,
+            "selections": sorted({SELECTION_LABELS[i["row"].protocol.selection] for i in distinct}),
+            "configurations": len({i["label_text"].rsplit(", ", 1)[0] for i in distinct}),
+        })
+    return summaries
 
 
 def _coverage(kb: KnowledgeBase) -> dict[str, dict]:

@@ -123,8 +123,9 @@ def test_wide_results_table_keeps_its_method_column_and_header_in_view(page, ser
         const header = document.querySelector('.md-header').getBoundingClientRect().bottom;
         window.scrollBy(0, frame.getBoundingClientRect().top - header - 8);
     }""", frame.element_handle())
-    method = table.locator("tbody tr").first.locator("td").first
-    number = table.locator("tbody tr").first.locator("td").nth(12)
+    # copies of earlier sources are hidden by default: take the first row shown
+    method = table.locator("tbody tr:visible").first.locator("td").first
+    number = table.locator("tbody tr:visible").first.locator("td").nth(12)
     head = table.locator("thead th").first
     before_method, before_number, before_head = _box(method), _box(number), _box(head)
 
@@ -182,3 +183,26 @@ def test_method_finder_filters_and_keeps_the_filter_in_the_address(page, served_
     page.click("#atlas-finder-reset")
     page.wait_for_function(f"document.querySelectorAll('table.atlas-finder-table tbody tr:not([hidden])').length === {total}")
     assert "?" not in page.url
+
+
+def test_results_view_ranks_like_with_like_and_hides_copies(page, served_site):
+    page.goto(f"{served_site}/results/vtab-1k.html")
+    page.wait_for_load_state("networkidle")
+    table = page.locator("#atlas-view ~ * table, #atlas-view ~ table").first
+    rows = table.locator("tbody tr")
+    total = rows.count()
+    copies = table.locator("tbody tr:has(.atlas-badge.copy)")
+    assert copies.count() > 0
+    # copies are hidden until asked for
+    assert all(not copies.nth(i).is_visible() for i in range(copies.count()))
+    page.select_option("#atlas-view select[name=selection]", "best-test")
+    page.select_option("#atlas-view select[name=source]", "mai2024lessons")
+    visible = table.locator("tbody tr:visible")
+    assert visible.count() == 16
+    for i in range(visible.count()):
+        assert visible.nth(i).locator(".atlas-badge.best-test").count() == 1
+    assert page.locator("#atlas-view-count").inner_text() == f"16 of {total} rows"
+    page.check("#atlas-view input[name=copies]")
+    page.select_option("#atlas-view select[name=selection]", "")
+    page.select_option("#atlas-view select[name=source]", "")
+    assert table.locator("tbody tr:visible").count() == total

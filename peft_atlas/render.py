@@ -241,6 +241,12 @@ def rank(value: float) -> str:
     return f"{value:g}"
 
 
+def search_token(name: str) -> str:
+    """A method's name as one search token: the search splits words at spaces and hyphens, so
+    ``VB-LoRA`` as a tag would also match a search for ``lora``; ``vblora`` does not."""
+    return re.sub(r"[\s\-]+", "", name).lower()
+
+
 def relative(from_page: str, to_page: str) -> str:
     """Relative Markdown link between two generated pages (mkdocs resolves it)."""
     return posixpath.relpath(to_page, posixpath.dirname(from_page) or ".")
@@ -253,7 +259,7 @@ def make_environment() -> Environment:
                       lstrip_blocks=True)
     env.filters.update(md=markdown_text, cell=cell, code=code, number=number, params=params, fenced=fenced,
                        rank=rank, spread=spread, plural=plural, json_text=json_text, figure=figure,
-                       scripts=scripts_html,
+                       scripts=scripts_html, search_token=search_token,
                        lookup=lambda ids, table: [table.get(i, i) for i in ids])
     env.globals.update(relative=relative, api_page=api_page, conventions=CONVENTION_LABELS, selections=SELECTION_LABELS,
                        noun=noun)

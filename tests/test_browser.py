@@ -206,3 +206,19 @@ def test_results_view_ranks_like_with_like_and_hides_copies(page, served_site):
     page.select_option("#atlas-view select[name=selection]", "")
     page.select_option("#atlas-view select[name=source]", "")
     assert table.locator("tbody tr:visible").count() == total
+
+
+@pytest.mark.parametrize("query, card, within", [("lora", "LoRA", 1), ("CoOp", "CoOp", 1), ("adaptformer", "AdaptFormer", 1),
+                                                  ("bias only", "BitFit", 3), ("adaptformr", "AdaptFormer", 3)])
+def test_search_ranks_the_method_card_first_for_its_name(page, served_site, query, card, within):
+    """A method's name finds its card first (not GLoRA for `lora`, not CoCoOp for `CoOp`); one of its
+    aliases finds it among the first results, and a method card comes before any other page."""
+    page.goto(f"{served_site}/index.html")
+    page.wait_for_load_state("networkidle")
+    page.click("input[data-md-component=search-query]")
+    page.keyboard.type(query, delay=30)
+    items = page.locator(".md-search-result__item")
+    items.first.wait_for(timeout=15000)
+    titles = [items.nth(i).locator("h1").first.inner_text().strip() for i in range(min(within, items.count()))]
+    assert card in titles, titles
+    assert "/methods/" in items.first.locator("a").first.get_attribute("href")

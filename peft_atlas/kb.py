@@ -819,3 +819,46 @@ def _check_base_novel_row(row: ResultRow, benchmark: Benchmark, problem) -> None
                 else ("base_novel_mean", mismatch.field))
         problem(path, mismatch.message(row.decimals) + "; if the source contradicts itself, "
                                                         "say so in known_inconsistency")
+
+
+@dataclass(frozen=True)
+class ConfigOption:
+    """One field of an implementation's config, read from its source (no import needed)."""
+
+    name: str
+    type: str
+    default: str
+    meaning: str
+
+
+def config_options(root: Path, module: str, impl: str) -> list[ConfigOption]:
+    """The fields of the config class an implementation registers (``register("lora", LoRAConfig,
+    ...)`` in ``reference_impls.methods.lora``): name, annotation, default and the docstring under
+    the field, read with ``ast`` so the docs toolchain needs no torch. Fields of a parent config
+    class are not listed."""
+    import ast
+
+    path = root / Path(*module.split(".")).with_suffix(".py")
+    try:
+        source = path.read_text(encoding="utf-8")
+        tree = ast.parse(source)
+    except (OSError, SyntaxError):
+        return []
+    registered = re.search(rf'register\(\s*"{re.escape(impl)}"\s*,\s*(\w+)', source)
+    if registered is None:
+        return []
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and node.name == registered.group(1):
+            options = []
+            body = node.body
+            for index, item in enumerate(body):
+                if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name):
+                    following = body[index + 1] if index + 1 < len(body) else None
+                    doc = (following.value.value if isinstance(following, ast.Expr)
+                           and isinstance(following.value, ast.Constant) and isinstance(following.value.value, str)
+                           else "")
+                    options.append(ConfigOption(item.target.id, ast.unparse(item.annotation),
+                                                ast.unparse(item.value) if item.value is not None else "required",
+                                                " ".join(doc.split())))
+            return options
+    return []

@@ -20,7 +20,7 @@ from markupsafe import Markup, escape
 
 from .chart import BaseNovelPoint, Point, base_novel_svg, scatter_svg
 from .fidelity import PROXY_FOR, proxy_fidelity
-from .kb import KnowledgeBase, LoadedRow, base_novel_mismatches, harmonic_mean, task_group_means, title_key
+from .kb import KnowledgeBase, config_options, LoadedRow, base_novel_mismatches, harmonic_mean, task_group_means, title_key
 from .latex import SUBSCRIPTS, SUPERSCRIPTS
 from .mathml import MATH_IN_MARKDOWN
 from .base_novel import finish_row as finish_base_novel_row
@@ -412,7 +412,9 @@ def render_pages(kb: KnowledgeBase, extra: dict | None = None) -> dict[str, str]
             rows=rows_by_method.get(method.id, []), literature=_literature(rows_by_method.get(method.id, [])),
             related=related,
             referenced_by=[kb.methods[i] for i in sorted(referenced_by.get(method.id, ()))],
-            bib_entries=[kb.bib[k] for k in method.bib], **common)
+            bib_entries=[kb.bib[k] for k in method.bib],
+            options=config_options(kb.root, kb.impls[method.impl], method.impl) if method.impl in kb.impls else [],
+            **common)
     implemented_as = {m.impl: m for m in kb.methods.values() if m.impl}
     for benchmark in kb.benchmarks.values():
         rows = results_by_benchmark.get(benchmark.id, [])

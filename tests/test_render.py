@@ -497,3 +497,21 @@ def test_vision_language_page_arranges_the_methods_by_the_surveys_facets():
     assert "[VLM-micro](results/vlm-micro.md)" in page
     taxonomy = next(entry["Taxonomy"] for entry in build_nav(kb, pages, []) if "Taxonomy" in entry)
     assert {"Vision-language methods": "vision-language.md"} in taxonomy
+
+
+def test_use_it_lists_the_options_of_the_registered_config():
+    """Each implemented card's "Use it" gives the options table read from the config class the
+    method registers (name, type, default, meaning), without importing torch."""
+    kb, _ = load(REPO, check_math=False)
+    pages = render_pages(kb)
+    lora = pages["methods/lora.md"]
+    assert "| <code>r</code> | <code>Rank</code> | <code>8</code> | Rank of the update B A. |" in lora
+    # two methods registered in one file each get their own config's options
+    tip, tip_f = pages["methods/tip-adapter.md"], pages["methods/tip-adapter-f.md"]
+    assert "Options of <code>tip-adapter</code>" in tip and "Options of <code>tip-adapter-f</code>" in tip_f
+    assert "reference_impls/methods/lora.py" in lora
+    for method in kb.methods.values():
+        if method.impl:
+            card = pages[f"methods/{method.id}.md"]
+            assert "| Option | Type | Default | Meaning |" in card or f"<code>{method.impl}</code> has no options." in card
+    assert "<code>full-finetuning</code> has no options." in pages["methods/full-finetuning.md"]

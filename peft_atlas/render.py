@@ -386,7 +386,9 @@ def render_pages(kb: KnowledgeBase, extra: dict | None = None) -> dict[str, str]
     pages["index.md"] = env.get_template("index.md.j2").render(
         page="index.md", counts=_counts(kb), **common)
     pages["methods/index.md"] = env.get_template("methods_index.md.j2").render(
-        page="methods/index.md", finder=finder_rows(kb, extra), **common)
+        page="methods/index.md", finder=finder_rows(kb, extra),
+        bibtex_by_method={m.id: [kb.bib[k].source_text for k in m.bib if k in kb.bib] for m in kb.methods.values()},
+        **common)
     for category in categories.categories:
         path = f"categories/{category.id}.md"
         pages[path] = env.get_template("category.md.j2").render(page=path, category=category, **common)
@@ -480,6 +482,13 @@ def render_pages(kb: KnowledgeBase, extra: dict | None = None) -> dict[str, str]
         for application in method.applications:
             by_application[application].append(method)
     subtype_names = {(c.id, t.id): t.name for c in categories.categories for t in c.subtypes}
+    by_year: dict[int, list] = defaultdict(list)
+    for method in sorted(kb.methods.values(), key=lambda m: (m.name.lower(), m.id)):
+        by_year[method.year].append(method)
+    pages["compare.md"] = env.get_template("compare.md.j2").render(
+        page="compare.md", compare=compare_data(kb, finder_rows(kb, extra), measured, extra), **common)
+    pages["timeline.md"] = env.get_template("timeline.md.j2").render(
+        page="timeline.md", by_year=sorted(by_year.items(), reverse=True), **common)
     pages["applications.md"] = env.get_template("applications.md.j2").render(
         page="applications.md", by_application=by_application, subtype_names=subtype_names, **common)
     if kb.paper_lists:
@@ -559,6 +568,68 @@ def _literature(rows: list[dict]) -> list[dict]:
             "configurations": len({i["label_text"].rsplit(", ", 1)[0] for i in distinct}),
         })
     return summaries
+
+
+def _inference_text(item: dict | None) -> str | None:
+    """Inference time against the plain model on the Efficiency page's measurement, in words."""
+    if not item or "inference_vs_plain" not in item:
+        return None
+    ratio = item["inference_vs_plain"]
+    text = f"{ratio['median']:.2f}× the plain model (interquartile {ratio['p25']:.2f}–{ratio['p75']:.2f})"
+    merged = item.get("merged_vs_plain")
+    if merged:
+        text += f"; merged {merged['median']:.2f}×"
+    return text
+
+
+def compare_data(kb: KnowledgeBase, finder: list[dict], measured: list[dict], extra: dict) -> dict:
+    """Per method, what the compare view puts side by side (plain values; the page's script lays
+    out the chosen two to four methods)."""
+    assert kb.categories is not None
+    insertion = {p.id: p.name for p in kb.categories.insertion_points}
+    applications = {a.id: a.name for a in kb.categories.applications}
+    reported: dict[str, list[dict]] = defaultdict(list)
+    for loaded in kb.results:
+        if loaded.row.copy_of is not None or loaded.row.base_novel:
+            continue
+        context = _row_context(kb, loaded)
+        means = context["means"]
+        reported[loaded.row.method].append({
+            "benchmark": kb.benchmarks[loaded.benchmark].name, "label": context["label_text"],
+            "mean_of_tasks": round(means["mean_of_tasks"].value, 2) if means["mean_of_tasks"] else None,
+            "mean_of_group_means": (round(means["mean_of_group_means"].value, 2)
+                                    if means["mean_of_group_means"] else None),
+            "selection": SELECTION_LABELS[loaded.row.protocol.selection],
+            "source": f"{loaded.row.source.bib}, {loaded.row.source.table}"})
+    reproduced: dict[str, list[dict]] = defaultdict(list)
+    by_impl = {m.impl: m.id for m in kb.methods.values() if m.impl}
+    for row in measured:
+        if row["impl"] in by_impl and not row.get("base_novel"):
+            reproduced[by_impl[row["impl"]]].append({
+                "benchmark": kb.benchmarks[row["benchmark"]].name if row["benchmark"] in kb.benchmarks else row["benchmark"],
+                "mean_of_group_means": round(row["mean_of_group_means"], 2),
+                "std": round(row["mean_of_group_means_std"], 2) if row.get("mean_of_group_means_std") is not None else None,
+                "seeds": len(row["seeds"])})
+    efficiency = {}
+    document = extra.get("efficiency") or {}
+    for item in document.get("methods", []) if isinstance(document.get("methods"), list) else []:
+        if isinstance(item, dict) and "method" in item:
+            efficiency[item["method"]] = item
+    data = {}
+    for item in finder:
+        m = item["method"]
+        data[m.id] = {
+            "name": m.name, "category": f"{item['category']} › {item['subtype']}",
+            "insertion": [insertion.get(i, i) for i in m.insertion],
+            "applications": [applications.get(a, a) for a in m.applications],
+            "formula": m.trainable_params or "no formula in the paper",
+            "params_m": round(item["params_m"], 3) if item["params_m"] is not None else None,
+            "params_basis": item["params_basis"], "mergeable": m.mergeable,
+            "implemented": bool(m.impl), "venue": m.venue,
+            "reported": reported.get(m.id, []), "reproduced": reproduced.get(m.id, []),
+            "inference": _inference_text(efficiency.get(m.impl)) if m.impl else None,
+        }
+    return data
 
 
 def _coverage(kb: KnowledgeBase) -> dict[str, dict]:
@@ -696,7 +767,8 @@ def build_nav(kb: KnowledgeBase, pages: dict[str, str], hand_written: list) -> l
         hand_written: The ``nav`` entries of mkdocs.yml, appended as they are.
     """
     assert kb.categories is not None
-    taxonomy: list = [{"All methods": "methods/index.md"}, {"By application": "applications.md"}]
+    taxonomy: list = [{"All methods": "methods/index.md"}, {"By application": "applications.md"},
+                      {"Timeline": "timeline.md"}, {"Compare methods": "compare.md"}]
     for category in kb.categories.categories:
         members = sorted((m for m in kb.methods.values() if m.category == category.id),
                          key=lambda m: m.name.lower())

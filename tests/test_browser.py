@@ -170,8 +170,8 @@ def test_method_finder_filters_and_keeps_the_filter_in_the_address(page, served_
     assert 0 < visible < total
     for index in range(visible):
         cells = shown.nth(index).locator("td")
-        assert cells.nth(6).inner_text() == "yes"
-        assert float(cells.nth(5).inner_text()) <= 0.5
+        assert cells.nth(7).inner_text() == "yes"
+        assert float(cells.nth(6).inner_text()) <= 0.5
     assert page.locator("#atlas-finder-count").inner_text() == f"{visible} of {total}"
     # ticking a box narrows further and lands in the address, so the view can be shared
     page.check("input[name=implemented][value=yes]")
@@ -179,7 +179,7 @@ def test_method_finder_filters_and_keeps_the_filter_in_the_address(page, served_
     narrowed = rows.locator("visible=true").count()
     assert narrowed <= visible
     for index in range(narrowed):
-        assert rows.locator("visible=true").nth(index).locator("td").nth(7).inner_text() == "yes"
+        assert rows.locator("visible=true").nth(index).locator("td").nth(8).inner_text() == "yes"
     page.click("#atlas-finder-reset")
     page.wait_for_function(f"document.querySelectorAll('table.atlas-finder-table tbody tr:not([hidden])').length === {total}")
     assert "?" not in page.url
@@ -222,3 +222,33 @@ def test_search_ranks_the_method_card_first_for_its_name(page, served_site, quer
     titles = [items.nth(i).locator("h1").first.inner_text().strip() for i in range(min(within, items.count()))]
     assert card in titles, titles
     assert "/methods/" in items.first.locator("a").first.get_attribute("href")
+
+
+def test_bibtex_basket_collects_methods_from_cards_and_the_table(page, served_site):
+    page.goto(f"{served_site}/methods/lora.html")
+    page.wait_for_load_state("networkidle")
+    page.click("button.atlas-basket-add")
+    assert page.locator("button.atlas-basket-add").inner_text() == "In the BibTeX basket (remove)"
+    page.goto(f"{served_site}/methods/index.html")
+    page.wait_for_load_state("networkidle")
+    assert page.locator("input.atlas-basket[value=lora]").is_checked()
+    page.check("input.atlas-basket[value=dora]")
+    assert page.locator("#atlas-basket-count").inner_text() == "2"
+    with page.expect_download() as download:
+        page.click("#atlas-basket-download")
+    text = Path(download.value.path()).read_text(encoding="utf-8")
+    assert text.count("@") == 2 and "@inproceedings{hu2022lora," in text and "liu2024dora" in text
+
+
+def test_compare_view_puts_methods_side_by_side_from_the_address(page, served_site):
+    page.goto(f"{served_site}/compare.html?m=lora,adapter,ssf")
+    page.wait_for_load_state("networkidle")
+    table = page.locator("#atlas-compare-table table")
+    assert [th.inner_text() for th in table.locator("thead th").all()][1:] == ["LoRA", "Adapter", "SSF"]
+    rows = {row.locator("th").inner_text(): [td.inner_text() for td in row.locator("td").all()]
+            for row in table.locator("tbody tr").all()}
+    assert rows["Mergeable"] == ["yes", "no", "yes"]
+    assert "selected on val200" in rows["Reported (copies left out)"][0]  # PETL_Vision's clean runs
+    assert "VTAB-micro" in rows["Reproduced here"][0]
+    page.select_option("#atlas-compare select[name=m3]", "dora")
+    assert page.url.endswith("?m=lora,adapter,ssf,dora")

@@ -5,12 +5,20 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import logging
+
 import bibtexparser
 from bibtexparser.middlewares import SeparateCoAuthors, SplitNameParts
 from bibtexparser.model import DuplicateBlockKeyBlock
 
 from .latex import latex_to_unicode
 from .problems import TODO_MARKER, Problem
+
+# The parser logs its own account of a broken entry; the problem it raises says it once, with the
+# file and line, so the parser's log stays silent.
+_PARSER_LOG = logging.getLogger("bibtexparser")
+_PARSER_LOG.addHandler(logging.NullHandler())
+_PARSER_LOG.propagate = False
 
 REQUIRED_FIELDS: dict[str, tuple[tuple[str, ...], ...]] = {
     # Each inner tuple is "one of these"; every inner tuple must be satisfied.
@@ -115,7 +123,9 @@ def parse_bib_file(path: Path, root: Path) -> tuple[list[BibEntry], list[Problem
         if isinstance(block, DuplicateBlockKeyBlock):
             problems.append(Problem(rel, line, block.key, f"duplicate BibTeX key '{block.key}'"))
             continue
-        reason = str(getattr(block, "error", "") or "").strip() or "syntax error"
+        error = getattr(block, "error", None)
+        reason = (str(getattr(error, "abort_reason", "") or error or "").strip().rstrip(".").lower()
+                  or "syntax error")
         problems.append(Problem(rel, line, "", f"malformed BibTeX entry starting here: {reason} "
                                 "(expected @type{key, field = {value}, ...})"))
     entries: list[BibEntry] = []

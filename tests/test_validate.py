@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -490,3 +491,16 @@ def test_every_reported_row_carries_a_complete_fingerprint(mini_kb: Path) -> Non
     edit(mini_kb, "taxonomy/reported/vtab-1k/hu2022lora.yaml", " image_source: image-files,", "")
     problems = [str(p) for p in load(mini_kb)[1]]
     assert any("rows.0.protocol.image_source: missing required field 'image_source'" in p for p in problems), problems
+
+
+def test_parser_noise_never_reaches_the_output(mini_kb: Path) -> None:
+    """A broken BibTeX entry gives one problem with file, line and the parser's reason; nothing
+    else is printed."""
+    write(mini_kb, "bib/hu2022lora.bib", "@inproceedings{hu2022lora,\n  author = {Hu, E.},\n  title = {LoRA\n")
+    result = subprocess.run([sys.executable, "-m", "peft_atlas.cli", "--root", str(mini_kb), "validate"],
+                            capture_output=True, text=True)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and result.stdout == ""
+    assert all(re.match(r"^(bib|taxonomy)/\S+:\d+: |^\d+ problem\(s\) found\.$", line) for line in lines), lines
+    assert ("bib/hu2022lora.bib:1: malformed BibTeX entry starting here: unexpectedly reached end of file "
+            "(expected @type{key, field = {value}, ...})") in lines

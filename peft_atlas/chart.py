@@ -74,6 +74,7 @@ def scatter_svg(points: list[Point], title: str, y_label: str = "mean top-1 accu
                'text-anchor="middle">trainable parameters (millions, log scale)</text>')
     out.append(f'<text class="axis" transform="translate(16 {(TOP + HEIGHT - BOTTOM) / 2:.1f}) rotate(-90)" '
                f'text-anchor="middle">{escape(y_label)}</text>')
+    placed: list[tuple[float, float, float, float]] = []  # boxes of the labels drawn so far
     for point in points:
         x, y = x_of(point.params_m), y_of(point.accuracy)
         tip = escape(f"{point.label}: {point.accuracy:g}%"
@@ -90,8 +91,19 @@ def scatter_svg(points: list[Point], title: str, y_label: str = "mean top-1 accu
                      f'L{x:.1f} {y + 6:.1f} L{x - 6:.1f} {y:.1f} Z"/>')
         else:
             shape = f'<circle class="point {point.kind}" cx="{x:.1f}" cy="{y:.1f}" r="4.5"/>'
-        out.append(f'<g><title>{tip}</title>{bar}{shape}'
-                   f'<text class="label" x="{x + 7:.1f}" y="{y - 6:.1f}">{escape(point.label)}</text></g>')
+        # the label goes on the first side where it covers no earlier label and stays in the plot;
+        # where none is free it is left out (the point's tooltip still names it)
+        candidates = [(x + 7, y - 6, "start"), (x + 7, y + 14, "start"),
+                      (x - 7, y - 6, "end"), (x - 7, y + 14, "end")]
+        label = ""
+        for lx, ly, anchor in candidates:
+            box = _label_box(lx, ly, point.label, anchor)
+            if LEFT <= box[0] and box[2] <= WIDTH - RIGHT and TOP <= box[1] and not _overlaps(box, placed):
+                placed.append(box)
+                label = (f'<text class="label" x="{lx:.1f}" y="{ly:.1f}" text-anchor="{anchor}">'
+                         f'{escape(point.label)}</text>')
+                break
+        out.append(f'<g><title>{tip}</title>{bar}{shape}{label}</g>')
     out.append("</svg>")
     return "".join(out)
 
@@ -131,9 +143,11 @@ def _marker(shape: str, x: float, y: float, css: str) -> str:
 
 def _label_box(x: float, y: float, text: str, anchor: str) -> tuple[float, float, float, float]:
     """Approximate box (left, top, right, bottom) of a point label at the chart's font size."""
-    width = 5.6 * len(text)
+    # 6.2 units a character is wider than the average glyph of the 10-unit label font, so a label
+    # the layout keeps clear of another stays clear in the browser
+    width = 6.2 * len(text)
     left = x - width if anchor == "end" else x
-    return left, y - 9, left + width, y + 2
+    return left, y - 10, left + width, y + 3
 
 
 def _overlaps(box: tuple[float, float, float, float], others: list[tuple[float, float, float, float]]) -> bool:

@@ -252,3 +252,29 @@ def test_compare_view_puts_methods_side_by_side_from_the_address(page, served_si
     assert "VTAB-micro" in rows["Reproduced here"][0]
     page.select_option("#atlas-compare select[name=m3]", "dora")
     assert page.url.endswith("?m=lora,adapter,ssf,dora")
+
+
+@pytest.mark.parametrize("width", [1400, 390])
+@pytest.mark.parametrize("path", ["results/vtab-1k.html", "results/fgvc.html", "results/vtab-micro.html",
+                                  "results/base-to-novel.html"])
+def test_chart_labels_never_overlap(page, served_site, path, width):
+    """Every point label the browser draws is measured: no two overlap, none leaves the chart."""
+    page.set_viewport_size({"width": width, "height": 900})
+    page.goto(f"{served_site}/{path}")
+    page.wait_for_load_state("networkidle")
+    charts = page.locator("svg.atlas-chart")
+    assert charts.count() >= 1
+    for index in range(charts.count()):
+        found = page.evaluate("""(svg) => {
+            const chart = svg.getBoundingClientRect();
+            const boxes = Array.from(svg.querySelectorAll('text.label, text.iso-hm-label')).map(t => t.getBoundingClientRect());
+            const clash = [];
+            boxes.forEach((a, i) => boxes.slice(i + 1).forEach((b, j) => {
+                const dx = Math.min(a.right, b.right) - Math.max(a.left, b.left);
+                const dy = Math.min(a.bottom, b.bottom) - Math.max(a.top, b.top);
+                if (dx > 0.5 && dy > 0.5) clash.push([i, i + 1 + j]);
+            }));
+            const outside = boxes.filter(b => b.left < chart.left - 0.5 || b.right > chart.right + 0.5).length;
+            return {labels: boxes.length, clash: clash.length, outside: outside};
+        }""", charts.nth(index).element_handle())
+        assert found["labels"] > 0 and found["clash"] == 0 and found["outside"] == 0, (path, index, found)

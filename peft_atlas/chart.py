@@ -9,6 +9,7 @@ from html import escape
 WIDTH, HEIGHT = 760, 440
 LEFT, RIGHT, TOP, BOTTOM = 64, 24, 20, 56
 MARKERS = {"reported": "circle", "reproduced": "diamond"}
+LEGEND_TEXT = {"reported": "reported by a paper", "reproduced": "reproduced here (bar: ± one standard deviation)"}
 
 
 @dataclass(frozen=True)
@@ -59,8 +60,17 @@ def scatter_svg(points: list[Point], title: str, y_label: str = "mean top-1 accu
         share = (accuracy - y_low) / (y_high - y_low)
         return HEIGHT - BOTTOM - share * (HEIGHT - TOP - BOTTOM)
 
-    out = [f'<svg class="atlas-chart" role="img" viewBox="0 0 {WIDTH} {HEIGHT}" '
+    kinds = [kind for kind in MARKERS if any(p.kind == kind for p in points)]
+    out = [f'<svg class="atlas-chart" role="img" viewBox="0 0 {WIDTH} {HEIGHT + 20}" '
            f'xmlns="http://www.w3.org/2000/svg"><title>{escape(title)}</title>']
+    # the legend: one entry per kind of point drawn, below the axis caption
+    for index, kind in enumerate(kinds):
+        lx, ly = LEFT + index * 260, HEIGHT + 8
+        marker = (f'<path class="point {kind}" d="M{lx:.1f} {ly - 5:.1f} L{lx + 5:.1f} {ly:.1f} L{lx:.1f} {ly + 5:.1f} '
+                  f'L{lx - 5:.1f} {ly:.1f} Z"/>' if MARKERS[kind] == "diamond"
+                  else f'<circle class="point {kind}" cx="{lx:.1f}" cy="{ly:.1f}" r="4.5"/>')
+        out.append(f'<g class="legend">{marker}<text class="tick" x="{lx + 10:.1f}" y="{ly + 4:.1f}">'
+                   f'{LEGEND_TEXT[kind]}</text></g>')
     for exponent in range(log_low, log_high + 1):
         x = x_of(10 ** exponent)
         out.append(f'<line class="grid" x1="{x:.1f}" y1="{TOP}" x2="{x:.1f}" y2="{HEIGHT - BOTTOM}"/>')

@@ -378,7 +378,8 @@ def render_pages(kb: KnowledgeBase, extra: dict | None = None) -> dict[str, str]
     results_by_benchmark: dict[str, list[dict]] = defaultdict(list)
     for loaded in kb.results:
         results_by_benchmark[loaded.benchmark].append(_row_context(kb, loaded))
-    common = dict(kb=kb, categories=categories, methods_by_subtype=methods_by_subtype,
+    card_of = {m.impl: m for m in kb.methods.values() if m.impl}
+    common = dict(kb=kb, categories=categories, methods_by_subtype=methods_by_subtype, card_of=card_of,
                   insertion_names=insertion_names, application_names=application_names, libraries=libraries,
                   facet_names=facet_names, results_by_benchmark=results_by_benchmark, extra=extra)
 

@@ -242,9 +242,11 @@ def rank(value: float) -> str:
 
 
 def search_token(name: str) -> str:
-    """A method's name as one search token: the search splits words at spaces and hyphens, so
-    ``VB-LoRA`` as a tag would also match a search for ``lora``; ``vblora`` does not."""
-    return re.sub(r"[\s\-]+", "", name).lower()
+    """A method's name as one search token, letters and digits only: the search splits words at
+    spaces and hyphens, so ``VB-LoRA`` as a tag would also match a search for ``lora``;
+    ``vblora`` does not. The search page adds the same token of the query, boosted, so the card
+    whose name is typed comes first (docs/assets/fuzzy.js)."""
+    return re.sub(r"[\W_]+", "", name.replace("+", "plus")).lower()
 
 
 def relative(from_page: str, to_page: str) -> str:

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import unquote_plus, urlparse
 
 import pytest
 
@@ -278,3 +278,32 @@ def test_chart_labels_never_overlap(page, served_site, path, width):
             return {labels: boxes.length, clash: clash.length, outside: outside};
         }""", charts.nth(index).element_handle())
         assert found["labels"] > 0 and found["clash"] == 0 and found["outside"] == 0, (path, index, found)
+
+
+def test_search_finds_every_method_card_first_by_its_name(page, served_site):
+    """Every method's name, typed into the search box, gives its own card as the first result."""
+    from peft_atlas.kb import load
+
+    kb, _ = load(REPO, check_math=False)
+    page.goto(f"{served_site}/index.html")
+    page.wait_for_load_state("networkidle")
+    page.click("input[data-md-component=search-query]")
+    box = page.locator("input[data-md-component=search-query]")
+    wrong = {}
+    for method in kb.methods.values():
+        box.fill("")
+        box.press_sequentially(method.name)
+        # the theme searches as the keys arrive: wait until the results answer the whole name
+        # (their links carry the query's words in ?h=)
+        last = re.findall(r"[a-z0-9]+", method.name.lower())[-1]
+        href = "no result"
+        for _ in range(40):
+            page.wait_for_timeout(100)
+            items = page.locator(".md-search-result__item a")
+            href = (items.first.get_attribute("href") or "") if items.count() else "no result"
+            if last in unquote_plus(href.partition("h=")[2]).split():
+                break
+        cards = {f"methods/{m.id}.html" for m in kb.methods.values() if m.name == method.name}
+        if not any(re.split(r"[?#]", href)[0].endswith(card) for card in cards):
+            wrong[method.name] = href
+    assert wrong == {}

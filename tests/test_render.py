@@ -517,3 +517,21 @@ def test_use_it_lists_the_options_of_the_registered_config():
             card = pages[f"methods/{method.id}.md"]
             assert "| Option | Type | Default | Meaning |" in card or f"<code>{method.impl}</code> has no options." in card
     assert "<code>full-finetuning</code> has no options." in pages["methods/full-finetuning.md"]
+
+
+def test_the_sidebar_lists_every_method_once_and_api_pages_hang_under_the_cards():
+    from peft_atlas.render import build_nav, load_generated_data
+
+    kb, _ = load(REPO, check_math=False)
+    pages = render_pages(kb, load_generated_data(REPO))
+
+    def leaves(entries):
+        for entry in entries:
+            for value in entry.values():
+                yield from (leaves(value) if isinstance(value, list) else [value])
+
+    paths = list(leaves(build_nav(kb, pages, [])))
+    method_paths = [p for p in paths if p.startswith("methods/") and p != "methods/index.md"]
+    assert sorted(method_paths) == sorted(f"methods/{m}.md" for m in kb.methods)
+    assert [p for p in paths if p.startswith("api/")] == ["api/index.md"]
+    assert "(../api/lora.md)" in pages["methods/lora.md"]  # reached from the card's "Use it"

@@ -9,7 +9,29 @@ from html import escape
 WIDTH, HEIGHT = 760, 440
 LEFT, RIGHT, TOP, BOTTOM = 64, 24, 20, 56
 MARKERS = {"reported": "circle", "reproduced": "diamond"}
-LEGEND_TEXT = {"reported": "reported by a paper", "reproduced": "reproduced here (bar: ± one standard deviation)"}
+# Legend of the accuracy chart: a marker per kind of point and, for reported means, per convention.
+LEGEND = {"reported/mean-of-tasks": "reported, mean of tasks",
+          "reported/mean-of-group-means": "reported, mean of group means",
+          "reproduced": "reproduced here (± one standard deviation)"}
+
+
+def _style(point: "Point") -> str:
+    if point.kind == "reproduced":
+        return "reproduced"
+    return "reported/mean-of-group-means" if point.convention == "mean-of-group-means" else "reported/mean-of-tasks"
+
+
+def _point_shape(style: str, x: float, y: float) -> str:
+    """The marker of a point style: circle (mean of tasks), square (mean of group means), diamond
+    (reproduced)."""
+    kind = style.split("/")[0]
+    if style == "reproduced":
+        return (f'<path class="point {kind}" d="M{x:.1f} {y - 6:.1f} L{x + 6:.1f} {y:.1f} '
+                f'L{x:.1f} {y + 6:.1f} L{x - 6:.1f} {y:.1f} Z"/>')
+    if style.endswith("group-means"):
+        return f'<rect class="point {kind}" x="{x - 4.5:.1f}" y="{y - 4.5:.1f}" width="9" height="9"/>'
+    return f'<circle class="point {kind}" cx="{x:.1f}" cy="{y:.1f}" r="4.5"/>'
+
 
 
 @dataclass(frozen=True)
@@ -22,6 +44,7 @@ class Point:
     kind: str = "reported"      # reported | reproduced
     detail: str = ""            # shown on hover
     spread: float | None = None  # standard deviation over seeds, drawn as a bar of ±spread
+    convention: str = ""        # mean-of-tasks | mean-of-group-means: a reported mean's convention
 
 
 def _ticks(low: float, high: float) -> list[float]:
@@ -60,17 +83,14 @@ def scatter_svg(points: list[Point], title: str, y_label: str = "mean top-1 accu
         share = (accuracy - y_low) / (y_high - y_low)
         return HEIGHT - BOTTOM - share * (HEIGHT - TOP - BOTTOM)
 
-    kinds = [kind for kind in MARKERS if any(p.kind == kind for p in points)]
+    styles = [style for style in LEGEND if any(_style(p) == style for p in points)]
     out = [f'<svg class="atlas-chart" role="img" viewBox="0 0 {WIDTH} {HEIGHT + 20}" '
            f'xmlns="http://www.w3.org/2000/svg"><title>{escape(title)}</title>']
-    # the legend: one entry per kind of point drawn, below the axis caption
-    for index, kind in enumerate(kinds):
-        lx, ly = LEFT + index * 260, HEIGHT + 8
-        marker = (f'<path class="point {kind}" d="M{lx:.1f} {ly - 5:.1f} L{lx + 5:.1f} {ly:.1f} L{lx:.1f} {ly + 5:.1f} '
-                  f'L{lx - 5:.1f} {ly:.1f} Z"/>' if MARKERS[kind] == "diamond"
-                  else f'<circle class="point {kind}" cx="{lx:.1f}" cy="{ly:.1f}" r="4.5"/>')
-        out.append(f'<g class="legend">{marker}<text class="tick" x="{lx + 10:.1f}" y="{ly + 4:.1f}">'
-                   f'{LEGEND_TEXT[kind]}</text></g>')
+    # the legend: one entry per kind of point drawn (and per mean convention), below the axis caption
+    for index, style in enumerate(styles):
+        lx, ly = LEFT + index * 220, HEIGHT + 8
+        out.append(f'<g class="legend">{_point_shape(style, lx, ly)}<text class="tick" x="{lx + 10:.1f}" '
+                   f'y="{ly + 4:.1f}">{LEGEND[style]}</text></g>')
     for exponent in range(log_low, log_high + 1):
         x = x_of(10 ** exponent)
         out.append(f'<line class="grid" x1="{x:.1f}" y1="{TOP}" x2="{x:.1f}" y2="{HEIGHT - BOTTOM}"/>')
@@ -96,11 +116,7 @@ def scatter_svg(points: list[Point], title: str, y_label: str = "mean top-1 accu
             top, bottom = y_of(point.accuracy + point.spread), y_of(point.accuracy - point.spread)
             bar = (f'<path class="spread" d="M{x:.1f} {top:.1f} V{bottom:.1f} M{x - 3:.1f} {top:.1f} '
                    f'H{x + 3:.1f} M{x - 3:.1f} {bottom:.1f} H{x + 3:.1f}"/>')
-        if MARKERS.get(point.kind) == "diamond":
-            shape = (f'<path class="point {point.kind}" d="M{x:.1f} {y - 6:.1f} L{x + 6:.1f} {y:.1f} '
-                     f'L{x:.1f} {y + 6:.1f} L{x - 6:.1f} {y:.1f} Z"/>')
-        else:
-            shape = f'<circle class="point {point.kind}" cx="{x:.1f}" cy="{y:.1f}" r="4.5"/>'
+        shape = _point_shape(_style(point), x, y)
         # the label goes on the first side where it covers no earlier label and stays in the plot;
         # where none is free it is left out (the point's tooltip still names it)
         candidates = [(x + 7, y - 6, "start"), (x + 7, y + 14, "start"),

@@ -20,9 +20,10 @@ from markupsafe import Markup, escape
 
 from .chart import BaseNovelPoint, Point, base_novel_svg, scatter_svg
 from .fidelity import PROXY_FOR, proxy_fidelity
-from .kb import KnowledgeBase, config_options, LoadedRow, base_novel_mismatches, harmonic_mean, task_group_means, title_key
+from .kb import (KnowledgeBase, LoadedRow, base_novel_mismatches, config_options, harmonic_mean, task_group_means,
+                 title_key)
 from .latex import SUBSCRIPTS, SUPERSCRIPTS
-from .mathml import MATH_IN_MARKDOWN
+from .mathml import MATH_IN_MARKDOWN, latex_to_mathml
 from .base_novel import finish_row as finish_base_novel_row
 from .base_novel import measures as base_novel_measures
 from .spread import aggregate_seeds, mark_ties
@@ -603,6 +604,10 @@ def compare_data(kb: KnowledgeBase, finder: list[dict], measured: list[dict], ex
             "mean_of_group_means": (round(means["mean_of_group_means"].value, 2)
                                     if means["mean_of_group_means"] else None),
             "selection": SELECTION_LABELS[loaded.row.protocol.selection],
+            "fingerprint": (f"{IMAGE_SOURCE_LABELS[loaded.row.protocol.image_source]}, "
+                            f"{NORMALIZATION_LABELS[loaded.row.protocol.normalization]}, "
+                            + ("seeds not stated" if loaded.row.protocol.seeds.count == "not-stated"
+                               else plural(loaded.row.protocol.seeds.count, "seed"))),
             "source": f"{loaded.row.source.bib}, {loaded.row.source.table}"})
     reproduced: dict[str, list[dict]] = defaultdict(list)
     by_impl = {m.impl: m.id for m in kb.methods.values() if m.impl}
@@ -631,6 +636,8 @@ def compare_data(kb: KnowledgeBase, finder: list[dict], measured: list[dict], ex
             "implemented": bool(m.impl), "venue": m.venue,
             "reported": reported.get(m.id, []), "reproduced": reproduced.get(m.id, []),
             "inference": _inference_text(efficiency.get(m.impl)) if m.impl else None,
+            # the method's display equations as MathML, made here so the page needs no script for math
+            "equations": [latex_to_mathml(latex, True) for latex in re.findall(r"\$\$(.+?)\$\$", m.method, re.S)[:3]],
         }
     return data
 
@@ -658,10 +665,13 @@ def _coverage(kb: KnowledgeBase) -> dict[str, dict]:
 
 
 def _chart(benchmark_name: str, rows: list[dict], reproduced: list[dict]) -> str:
+    # A copy of an earlier source's numbers is drawn once, under the source that printed it first.
     points = [Point(label=item["label_text"], params_m=item["row"].params_m, accuracy=item["row"].mean,
                     detail=f"{item['row'].source.bib}, {item['row'].source.table}; "
-                           f"{CONVENTION_LABELS[item['row'].protocol.mean_convention]}")
-              for item in rows if item["row"].mean is not None and item["row"].params_m]
+                           f"{CONVENTION_LABELS[item['row'].protocol.mean_convention]}",
+                    convention=item["row"].protocol.mean_convention)
+              for item in rows
+              if item["row"].mean is not None and item["row"].params_m and item["row"].copy_of is None]
     # Reproduced rows are plotted with the mean of group means, the convention most tables use,
     # averaged over the seeds, with a bar of ± their standard deviation.
     points += [Point(label=r["impl"], params_m=r["trainable"] / 1e6, accuracy=r["mean_of_group_means"],
@@ -673,16 +683,18 @@ def _chart(benchmark_name: str, rows: list[dict], reproduced: list[dict]) -> str
 
 def _chart_caption(benchmark, rows: list[dict], reproduced: list[dict]) -> str:
     """The caption of a results page's chart: what its points are, for the rows it plots."""
-    plotted = [item for item in rows if item["row"].mean is not None and item["row"].params_m]
+    plotted = [item for item in rows
+               if item["row"].mean is not None and item["row"].params_m and item["row"].copy_of is None]
     runs = [r for r in reproduced if r["trainable"]]
     parts = []
     if plotted:
-        parts.append(f"Each circle is one row reported by a paper for {benchmark.name}: its mean as printed "
-                     "against its trainable parameters as printed; hover it for its source.")
+        parts.append(f"Each circle or square is one row reported by a paper for {benchmark.name} (a copy of an "
+                     "earlier source's numbers is drawn once): its mean as printed against its trainable "
+                     "parameters as printed; hover it for its source.")
         conventions = {item["row"].protocol.mean_convention for item in plotted}
         if len(benchmark.groups) > 1 and len(conventions) > 1:
-            parts.append("The papers average under different conventions (the mean of the tasks or of the "
-                         "group means), so circles are not strictly comparable.")
+            parts.append("Circles are means of the tasks and squares means of the group means: the two "
+                         "conventions are not strictly comparable.")
     if runs:
         seeds = sorted({len(r["seeds"]) for r in runs})
         count = (plural(seeds[0], "seed") if len(seeds) == 1

@@ -160,8 +160,10 @@ def test_wide_results_table_keeps_its_method_column_and_header_in_view(page, ser
     assert hosts == {"127.0.0.1"}
 
 
-def test_method_finder_filters_and_keeps_the_filter_in_the_address(page, served_site):
+@pytest.mark.parametrize("width", [1400, 390])
+def test_method_finder_filters_and_keeps_the_filter_in_the_address(page, served_site, width):
     """"Which methods are mergeable and under 0.5M parameters on ViT-B/16?" in one page."""
+    page.set_viewport_size({"width": width, "height": 900})
     page.goto(f"{served_site}/methods/index.html?mergeable=yes&params_max=0.5")
     page.wait_for_load_state("networkidle")
     rows = page.locator("table.atlas-finder-table tbody tr")
@@ -240,7 +242,9 @@ def test_bibtex_basket_collects_methods_from_cards_and_the_table(page, served_si
     assert text.count("@") == 2 and "@inproceedings{hu2022lora," in text and "liu2024dora" in text
 
 
-def test_compare_view_puts_methods_side_by_side_from_the_address(page, served_site):
+@pytest.mark.parametrize("width", [1400, 390])
+def test_compare_view_puts_methods_side_by_side_from_the_address(page, served_site, width):
+    page.set_viewport_size({"width": width, "height": 900})
     page.goto(f"{served_site}/compare.html?m=lora,adapter,ssf")
     page.wait_for_load_state("networkidle")
     table = page.locator("#atlas-compare-table table")
@@ -248,6 +252,7 @@ def test_compare_view_puts_methods_side_by_side_from_the_address(page, served_si
     rows = {row.locator("th").inner_text(): [td.inner_text() for td in row.locator("td").all()]
             for row in table.locator("tbody tr").all()}
     assert rows["Mergeable"] == ["yes", "no", "yes"]
+    assert table.locator("tbody tr", has_text="Equations").locator("td").first.locator("math").count() >= 1
     assert "selected on val200" in rows["Reported (copies left out)"][0]  # PETL_Vision's clean runs
     assert "VTAB-micro" in rows["Reproduced here"][0]
     page.select_option("#atlas-compare select[name=m3]", "dora")

@@ -42,11 +42,14 @@ def test_math_placeholders_become_mathml():
 
 
 def test_chart_draws_every_point_on_a_log_axis():
-    svg = scatter_svg([Point("A", 0.01, 70.0), Point("B", 1.0, 75.0), Point("C", 85.8, 68.9, "reproduced")],
-                      "t")
-    # two reported circles and one reproduced diamond, plus one marker of each kind in the legend
-    assert svg.count('<circle class="point reported"') == 3 and svg.count('<path class="point reproduced"') == 2
-    assert svg.count('<g class="legend">') == 2 and "reported by a paper" in svg
+    svg = scatter_svg([Point("A", 0.01, 70.0, convention="mean-of-tasks"),
+                       Point("B", 1.0, 75.0, convention="mean-of-group-means"),
+                       Point("C", 85.8, 68.9, "reproduced")], "t")
+    # a circle per mean of tasks, a square per mean of group means, a diamond per reproduced run,
+    # and one marker of each in the legend
+    assert svg.count('<circle class="point reported"') == 2 and svg.count('<rect class="point reported"') == 2
+    assert svg.count('<path class="point reproduced"') == 2
+    assert svg.count('<g class="legend">') == 3 and "reported, mean of group means" in svg
     for tick in (">0.01<", ">0.1<", ">1<", ">10<", ">100<"):
         assert tick in svg
     assert scatter_svg([Point("no params", 0, 70.0)], "t") == ""

@@ -7,7 +7,7 @@
     if (!rows.length) return "none in the atlas";
     return rows.map(function (r) {
       return r.benchmark + ": " + text(r.mean_of_tasks) + " (mean of tasks) / " + text(r.mean_of_group_means) +
-        " (of group means), " + r.selection + ", " + r.label + " — " + r.source;
+        " (of group means), " + r.selection + "; " + r.fingerprint + "; " + r.label + " — " + r.source;
     }).join("\n");
   }
   function reproducedList(rows) {
@@ -18,6 +18,7 @@
   }
   var FACETS = [
     ["Category", function (m) { return m.category; }],
+    ["Equations", null],
     ["Acts on", function (m) { return m.insertion.join(", "); }],
     ["Applications", function (m) { return m.applications.join(", "); }],
     ["Trainable parameters (formula)", function (m) { return m.formula; }],
@@ -42,7 +43,18 @@
     FACETS.forEach(function (facet) {
       var row = body.insertRow();
       row.appendChild(cell("th", facet[0]));
-      ids.forEach(function (id) { var td = cell("td", facet[1](data[id])); td.style.whiteSpace = "pre-line"; row.appendChild(td); });
+      ids.forEach(function (id) {
+        var td;
+        if (facet[1] === null) {
+          // MathML made when the site was built from the atlas's own data
+          td = document.createElement("td");
+          td.innerHTML = data[id].equations.length ? data[id].equations.join("") : "on the method's card";
+        } else {
+          td = cell("td", facet[1](data[id]));
+          td.style.whiteSpace = "pre-line";
+        }
+        row.appendChild(td);
+      });
     });
     holder.appendChild(table);
   }

@@ -2,7 +2,7 @@
 // kept in the address (?category=partial&mergeable=yes&params_max=0.5) so a view can be shared.
 (function () {
   var LISTS = ["category", "modality", "application"];  // a row matches any ticked value of each
-  var FLAGS = ["mergeable", "implemented"];
+  var FLAGS = ["mergeable", "implemented", "clip"];
 
   function state(form) {
     var s = {};

@@ -212,11 +212,15 @@ def test_results_view_ranks_like_with_like_and_hides_copies(page, served_site):
 
 @pytest.mark.parametrize("query, card, within", [("lora", "LoRA", 1), ("CoOp", "CoOp", 1), ("adaptformer", "AdaptFormer", 1),
                                                   ("bias only", "BitFit", 3), ("adaptformr", "AdaptFormer", 3)])
-def test_search_ranks_the_method_card_first_for_its_name(page, served_site, query, card, within):
+@pytest.mark.parametrize("width", [1400, 390])
+def test_search_ranks_the_method_card_first_for_its_name(page, served_site, query, card, within, width):
     """A method's name finds its card first (not GLoRA for `lora`, not CoCoOp for `CoOp`); one of its
     aliases finds it among the first results, and a method card comes before any other page."""
+    page.set_viewport_size({"width": width, "height": 900})
     page.goto(f"{served_site}/index.html")
     page.wait_for_load_state("networkidle")
+    if width < 1000:  # on a phone the search box opens from the header's search button
+        page.click("label.md-header__button[for=__search]")
     page.click("input[data-md-component=search-query]")
     page.keyboard.type(query, delay=30)
     items = page.locator(".md-search-result__item")

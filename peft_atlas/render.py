@@ -225,6 +225,16 @@ def number(value: float | None, digits: int = 1) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
 
 
+def printed(value: float | None) -> str:
+    """A reported number with the digits it was recorded with (at least one decimal): 57.15
+    stays 57.15 and 62.9 stays 62.9, so a table never rounds a source's number."""
+    if value is None:
+        return "—"
+    text = repr(float(value))
+    decimals = len(text.split(".")[1]) if "." in text and "e" not in text else 1
+    return f"{value:.{max(1, min(decimals, 4))}f}"
+
+
 def spread(value: float | None, digits: int = 2) -> str:
     """A standard deviation printed after its mean (`` ± 0.42``), or nothing when there is none."""
     return "" if value is None else f" ± {value:.{digits}f}"
@@ -260,7 +270,7 @@ def make_environment() -> Environment:
     env = Environment(loader=FileSystemLoader(TEMPLATES), undefined=StrictUndefined,
                       autoescape=True, keep_trailing_newline=True, trim_blocks=True,
                       lstrip_blocks=True)
-    env.filters.update(md=markdown_text, cell=cell, code=code, number=number, params=params, fenced=fenced,
+    env.filters.update(md=markdown_text, cell=cell, code=code, number=number, printed=printed, params=params, fenced=fenced,
                        rank=rank, spread=spread, plural=plural, json_text=json_text, figure=figure,
                        scripts=scripts_html, search_token=search_token,
                        lookup=lambda ids, table: [table.get(i, i) for i in ids])

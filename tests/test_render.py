@@ -538,3 +538,12 @@ def test_the_sidebar_lists_every_method_once_and_api_pages_hang_under_the_cards(
     assert sorted(method_paths) == sorted(f"methods/{m}.md" for m in kb.methods)
     assert [p for p in paths if p.startswith("api/")] == ["api/index.md"]
     assert "(../api/lora.md)" in pages["methods/lora.md"]  # reached from the card's "Use it"
+
+
+def test_reported_numbers_keep_their_printed_digits():
+    """A table never rounds a source's number: PETL_Vision's 68.99 stays 68.99, VTAB-1k's 62.9
+    stays 62.9, and CaFo's few-shot table shows CoOp's 57.15 as printed."""
+    kb, _ = load(REPO, check_math=False)
+    pages = render_pages(kb)
+    assert "| 57.15 | 57.81 | 59.99 | 61.56 | 62.95 |" in pages["results/clip-few-shot-imagenet.md"]
+    assert "| 68.99 |" in pages["results/vtab-1k.md"]

@@ -325,6 +325,18 @@ def _check_crosswalk(kb: KnowledgeBase, root: Path, load_model) -> list[Problem]
     return problems
 
 
+def methods_by_title(kb: KnowledgeBase) -> dict[str, list[Method]]:
+    """The method entries each paper introduces or describes, by the paper's `title_key`."""
+    found: dict[str, list[Method]] = {}
+    for method in kb.methods.values():
+        for key in method.bib:
+            if key in kb.bib:
+                entries = found.setdefault(title_key(kb.bib[key].title), [])
+                if method not in entries:
+                    entries.append(method)
+    return found
+
+
 def title_key(title: str) -> str:
     """A title reduced to lowercase letters and digits, so that case, punctuation and BibTeX
     braces do not decide whether two titles are the same paper."""
@@ -349,8 +361,7 @@ def _check_coverage(kb: KnowledgeBase, root: Path, load_model) -> list[Problem]:
             elif paper.reason != "duplicate" and paper.duplicate_of is not None:
                 problems.append(Problem(*where, f"papers.{index}.duplicate_of",
                                         f"duplicate_of only goes with reason duplicate (reason is {paper.reason})"))
-    entry_titles = {title_key(kb.bib[key].title): method_id for method_id, method in kb.methods.items()
-                    for key in method.bib if key in kb.bib}
+    entry_titles = methods_by_title(kb)
     for path in sorted((root / "taxonomy" / "coverage").glob("*.yaml")):
         listed, doc = load_model(path, PaperList)
         rel = path.relative_to(root).as_posix()

@@ -21,7 +21,7 @@ from markupsafe import Markup, escape
 from .chart import BaseNovelPoint, Point, base_novel_svg, scatter_svg
 from .fidelity import PROXY_FOR, proxy_fidelity
 from .kb import (KnowledgeBase, LoadedRow, base_novel_mismatches, config_options, harmonic_mean, task_group_means,
-                 title_key)
+                 methods_by_title, title_key)
 from .latex import SUBSCRIPTS, SUPERSCRIPTS
 from .mathml import MATH_IN_MARKDOWN, latex_to_mathml
 from .base_novel import finish_row as finish_base_novel_row
@@ -399,8 +399,9 @@ def render_pages(kb: KnowledgeBase, extra: dict | None = None) -> dict[str, str]
     pages: dict[str, str] = {}
     pages["index.md"] = env.get_template("index.md.j2").render(
         page="index.md", counts=_counts(kb), **common)
+    finder = finder_rows(kb, extra)
     pages["methods/index.md"] = env.get_template("methods_index.md.j2").render(
-        page="methods/index.md", finder=finder_rows(kb, extra),
+        page="methods/index.md", finder=finder,
         bibtex_by_method={m.id: [kb.bib[k].source_text for k in m.bib if k in kb.bib] for m in kb.methods.values()},
         **common)
     for category in categories.categories:
@@ -500,7 +501,7 @@ def render_pages(kb: KnowledgeBase, extra: dict | None = None) -> dict[str, str]
     for method in sorted(kb.methods.values(), key=lambda m: (m.name.lower(), m.id)):
         by_year[method.year].append(method)
     pages["compare.md"] = env.get_template("compare.md.j2").render(
-        page="compare.md", compare=compare_data(kb, finder_rows(kb, extra), measured, extra), **common)
+        page="compare.md", compare=compare_data(kb, finder, measured, extra), **common)
     pages["timeline.md"] = env.get_template("timeline.md.j2").render(
         page="timeline.md", by_year=sorted(by_year.items(), reverse=True), **common)
     pages["applications.md"] = env.get_template("applications.md.j2").render(
@@ -654,18 +655,14 @@ def compare_data(kb: KnowledgeBase, finder: list[dict], measured: list[dict], ex
 
 def _coverage(kb: KnowledgeBase) -> dict[str, dict]:
     """For each covered list: its papers with the entries or the exclusion that cover each."""
-    methods_by_title: dict[str, list] = defaultdict(list)
-    for method in kb.methods.values():
-        for key in method.bib:
-            if key in kb.bib and method not in methods_by_title[title_key(kb.bib[key].title)]:
-                methods_by_title[title_key(kb.bib[key].title)].append(method)
+    by_title = methods_by_title(kb)
     exclusions = {title_key(p.title): p for p in kb.excluded}
     coverage = {}
     for list_id, listed in kb.paper_lists.items():
         rows = []
         for paper in listed.papers:
             key = title_key(paper.title)
-            methods = ([kb.methods[paper.entry]] if paper.entry in kb.methods else methods_by_title.get(key, []))
+            methods = ([kb.methods[paper.entry]] if paper.entry in kb.methods else by_title.get(key, []))
             rows.append({"title": paper.title, "methods": methods,
                          "exclusion": None if methods else exclusions.get(key)})
         coverage[list_id] = {"rows": rows, "entries": sum(1 for r in rows if r["methods"]),

@@ -101,6 +101,13 @@ def test_results_table_sorts_by_a_column(page, served_site):
     assert hosts == {"127.0.0.1"}
 
 
+def open_at(page, url: str, width: int = 1400, height: int = 900) -> None:
+    """Open a page of the served site in a window of the given size and wait until it is idle."""
+    page.set_viewport_size({"width": width, "height": height})
+    page.goto(url)
+    page.wait_for_load_state("networkidle")
+
+
 def _box(locator) -> dict:
     box = locator.bounding_box()
     assert box is not None
@@ -112,9 +119,7 @@ def test_wide_results_table_keeps_its_method_column_and_header_in_view(page, ser
     """A results table wider and taller than the window scrolls inside its frame: the method
     column stays put while the numbers scroll sideways, and the header row stays at the top while
     the rows scroll up. The page gives the table the whole width of the window."""
-    page.set_viewport_size({"width": width, "height": height})
-    page.goto(f"{served_site}/results/vtab-1k.html")
-    page.wait_for_load_state("networkidle")
+    open_at(page, f"{served_site}/results/vtab-1k.html", width, height)
     table = page.locator("article table").filter(has_text="CIFAR-100").first
     frame = table.locator("xpath=ancestor::div[contains(@class, 'md-typeset__scrollwrap')]")
     assert frame.count() == 1, "the theme wraps each table in a scrolling frame"
@@ -163,9 +168,7 @@ def test_wide_results_table_keeps_its_method_column_and_header_in_view(page, ser
 @pytest.mark.parametrize("width", [1400, 390])
 def test_method_finder_filters_and_keeps_the_filter_in_the_address(page, served_site, width):
     """"Which methods are mergeable and under 0.5M parameters on ViT-B/16?" in one page."""
-    page.set_viewport_size({"width": width, "height": 900})
-    page.goto(f"{served_site}/methods/index.html?mergeable=yes&params_max=0.5")
-    page.wait_for_load_state("networkidle")
+    open_at(page, f"{served_site}/methods/index.html?mergeable=yes&params_max=0.5", width)
     rows = page.locator("table.atlas-finder-table tbody tr")
     shown = rows.locator("visible=true")
     total, visible = rows.count(), shown.count()
@@ -216,9 +219,7 @@ def test_results_view_ranks_like_with_like_and_hides_copies(page, served_site):
 def test_search_ranks_the_method_card_first_for_its_name(page, served_site, query, card, within, width):
     """A method's name finds its card first (not GLoRA for `lora`, not CoCoOp for `CoOp`); one of its
     aliases finds it among the first results, and a method card comes before any other page."""
-    page.set_viewport_size({"width": width, "height": 900})
-    page.goto(f"{served_site}/index.html")
-    page.wait_for_load_state("networkidle")
+    open_at(page, f"{served_site}/index.html", width)
     if width < 1000:  # on a phone the search box opens from the header's search button
         page.click("label.md-header__button[for=__search]")
     page.click("input[data-md-component=search-query]")
@@ -248,9 +249,7 @@ def test_bibtex_basket_collects_methods_from_cards_and_the_table(page, served_si
 
 @pytest.mark.parametrize("width", [1400, 390])
 def test_compare_view_puts_methods_side_by_side_from_the_address(page, served_site, width):
-    page.set_viewport_size({"width": width, "height": 900})
-    page.goto(f"{served_site}/compare.html?m=lora,adapter,ssf")
-    page.wait_for_load_state("networkidle")
+    open_at(page, f"{served_site}/compare.html?m=lora,adapter,ssf", width)
     table = page.locator("#atlas-compare-table table")
     assert [th.inner_text() for th in table.locator("thead th").all()][1:] == ["LoRA", "Adapter", "SSF"]
     rows = {row.locator("th").inner_text(): [td.inner_text() for td in row.locator("td").all()]
@@ -268,9 +267,7 @@ def test_compare_view_puts_methods_side_by_side_from_the_address(page, served_si
                                   "results/base-to-novel.html"])
 def test_chart_labels_never_overlap(page, served_site, path, width):
     """Every point label the browser draws is measured: no two overlap, none leaves the chart."""
-    page.set_viewport_size({"width": width, "height": 900})
-    page.goto(f"{served_site}/{path}")
-    page.wait_for_load_state("networkidle")
+    open_at(page, f"{served_site}/{path}", width)
     charts = page.locator("svg.atlas-chart")
     assert charts.count() >= 1
     for index in range(charts.count()):

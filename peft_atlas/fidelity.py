@@ -17,7 +17,7 @@ from math import sqrt
 from statistics import fmean, median
 from typing import Any
 
-from .kb import KnowledgeBase, task_mean_of_group_means
+from .kb import KnowledgeBase, in_reference_setting, task_mean_of_group_means
 
 __all__ = ["MIN_METHODS", "PROXY_FOR", "Fidelity", "FidelityPair", "LeftOut", "average_ranks",
            "proxy_fidelity", "spearman"]
@@ -157,8 +157,8 @@ def proxy_fidelity(kb: KnowledgeBase, measured: Sequence[Mapping[str, Any]],
 
     A method's proxy score is the mean of group means of its measured run on the proxy (the
     median if it has several; only runs over every task count). Its target score is the median,
-    over its reported rows on the target that print every task and copy no earlier row, of the
-    mean of group means recomputed from the row's tasks (a printed mean is not used). A measured run is linked to a
+    over its reported rows on the target that print every task, copy no earlier row and ran in the
+    target's reference setting (backbone and pre-training), of the mean of group means recomputed from the row's tasks (a printed mean is not used). A measured run is linked to a
     method by the method's ``impl`` field, as on the method cards.
 
     Args:
@@ -194,8 +194,10 @@ def proxy_fidelity(kb: KnowledgeBase, measured: Sequence[Mapping[str, Any]],
     target_scores: dict[str, list[float]] = defaultdict(list)
     partial_rows: dict[str, int] = defaultdict(int)
     for loaded in kb.results:
-        # a row that copies an earlier source's numbers is that source's result: counted once
-        if loaded.benchmark != target or loaded.row.copy_of is not None:
+        # a row that copies an earlier source's numbers is that source's result: counted once;
+        # a row on another backbone or pre-training measures something else
+        if (loaded.benchmark != target or loaded.row.copy_of is not None
+                or not in_reference_setting(loaded.row, target_benchmark)):
             continue
         score = task_mean_of_group_means(loaded.row.per_task, target_benchmark)
         if score is None:

@@ -397,6 +397,15 @@ def _check_copies(kb: KnowledgeBase) -> list[Problem]:
             key = (loaded.benchmark, tuple(sorted(loaded.row.per_task.items())))
             groups.setdefault(key, []).append(loaded)
     problems = []
+    for loaded in kb.results:
+        copy = loaded.row.copy_of
+        # a copy points back in time: a later source's row cannot be the original of an earlier one
+        if (copy is not None and copy.bib != loaded.row.source.bib
+                and source_order(kb, copy.bib) >= source_order(kb, loaded.row.source.bib)):
+            problems.append(Problem(
+                loaded.file, loaded.line, f"rows.{loaded.index}.copy_of",
+                f"copy_of names {copy.bib}, which is not earlier than this row's source {loaded.row.source.bib} "
+                f"(order: year, then arXiv id, then key): a row copies only an earlier source"))
     for rows in groups.values():
         if len({r.row.source.bib for r in rows}) < 2:
             continue
@@ -606,6 +615,13 @@ def _check_row_preset(kb: KnowledgeBase, row: ResultRow, benchmark: Benchmark | 
     elif row.preset not in known:
         problem(("preset",), f"unknown preset '{row.preset}' of implementation '{impl}' "
                              f"(expected one of: {', '.join(known) or 'none registered'})")
+
+
+def in_reference_setting(row: ResultRow, benchmark: Benchmark) -> bool:
+    """Whether a reported row ran in its benchmark's reference backbone and pre-training (any row,
+    when the benchmark names none): only such rows are ranked, charted and compared."""
+    reference = benchmark.reference_setting
+    return reference is None or (row.backbone == reference.backbone and row.checkpoint == reference.checkpoint)
 
 
 def task_group_means(per_task: Mapping[str, float], benchmark: Benchmark) -> dict[str, float]:

@@ -20,7 +20,8 @@ from markupsafe import Markup, escape
 
 from .chart import BaseNovelPoint, Point, base_novel_svg, scatter_svg
 from .fidelity import PROXY_FOR, proxy_fidelity
-from .kb import (KnowledgeBase, LoadedRow, base_novel_mismatches, config_options, harmonic_mean, task_group_means,
+from .kb import (KnowledgeBase, LoadedRow, base_novel_mismatches, config_options, harmonic_mean, in_reference_setting,
+                 task_group_means,
                  methods_by_title, title_key)
 from .latex import SUBSCRIPTS, SUPERSCRIPTS
 from .mathml import MATH_IN_MARKDOWN, latex_to_mathml
@@ -295,6 +296,8 @@ def _row_context(kb: KnowledgeBase, loaded: LoadedRow) -> dict:
         "file": loaded.file,
         "fingerprint": fingerprint_text(row),
         "anchor": f"{posixpath.splitext(posixpath.basename(loaded.file))[0]}-{loaded.index}",
+        "setting": f"{row.backbone}, {row.checkpoint}",
+        "in_reference": in_reference_setting(row, benchmark),
     }
 
 
@@ -341,10 +344,12 @@ def test_selection_optimism(rows: list[dict]) -> list[dict]:
 
 
 def _disagreements(rows: list[dict]) -> list[dict]:
-    """Methods reported by more than one source with different averages or per-task numbers."""
+    """Methods reported by more than one source with different averages or per-task numbers, among
+    the rows in the benchmark's reference setting."""
     by_method: dict[str, list[dict]] = defaultdict(list)
     for item in rows:
-        by_method[item["row"].method].append(item)
+        if item["in_reference"]:
+            by_method[item["row"].method].append(item)
     found = []
     for method_id, items in sorted(by_method.items()):
         sources = {i["row"].source.bib for i in items}
@@ -465,7 +470,10 @@ def render_pages(kb: KnowledgeBase, extra: dict | None = None) -> dict[str, str]
             chart_caption=_chart_caption(benchmark, rows, reproduced),
             disagreements=_disagreements(rows), fidelity=fidelity, optimism=optimism,
             optimism_median=median(p["gap"] for p in optimism) if optimism else None,
-            sources=sorted({item["row"].source.bib for item in rows}), **common)
+            sources=sorted({item["row"].source.bib for item in rows}),
+            reference_text=(f"{benchmark.reference_setting.backbone}, {benchmark.reference_setting.checkpoint}"
+                            if benchmark.reference_setting else ""),
+            other_settings=sorted({item["setting"] for item in rows if not item["in_reference"]}), **common)
     if kb.impls:
         implemented_by = {m.impl: m for m in kb.methods.values() if m.impl}
         pages["api/index.md"] = env.get_template("api_index.md.j2").render(
@@ -545,7 +553,7 @@ def finder_rows(kb: KnowledgeBase, extra: dict) -> list[dict]:
     best: dict[str, dict[str, float]] = defaultdict(dict)
     vtab = kb.benchmarks.get("vtab-1k")
     for loaded in kb.results:
-        if loaded.benchmark != "vtab-1k" or vtab is None:
+        if loaded.benchmark != "vtab-1k" or vtab is None or not in_reference_setting(loaded.row, vtab):
             continue
         means = reported_means(loaded.row, vtab)
         for convention in ("mean_of_tasks", "mean_of_group_means"):
@@ -572,7 +580,11 @@ def _literature(rows: list[dict]) -> list[dict]:
         if not item["row"].base_novel:
             by_benchmark[item["benchmark"].id].append(item)
     summaries = []
-    for items in by_benchmark.values():
+    for all_items in by_benchmark.values():
+        # only rows in the benchmark's reference setting compare; the others are counted apart
+        items = [i for i in all_items if i["in_reference"]]
+        if not items:
+            continue
         distinct = [i for i in items if i["row"].copy_of is None]
         means = [i["means"]["mean_of_tasks"].value for i in distinct if i["means"]["mean_of_tasks"] is not None]
         summaries.append({
@@ -581,6 +593,7 @@ def _literature(rows: list[dict]) -> list[dict]:
             "copies": len(items) - len(distinct), "means": means,
             "selections": sorted({SELECTION_LABELS[i["row"].protocol.selection] for i in distinct}),
             "configurations": len({i["label_text"].rsplit(", ", 1)[0] for i in distinct}),
+            "setting": items[0]["setting"], "other_settings": len(all_items) - len(items),
         })
     return summaries
 
@@ -610,7 +623,8 @@ def compare_data(kb: KnowledgeBase, finder: list[dict], measured: list[dict], ex
         context = _row_context(kb, loaded)
         means = context["means"]
         reported[loaded.row.method].append({
-            "benchmark": kb.benchmarks[loaded.benchmark].name, "label": context["label_text"],
+            "benchmark": kb.benchmarks[loaded.benchmark].name,
+            "label": context["label_text"] + ("" if context["in_reference"] else f" ({context['setting']})"),
             "mean_of_tasks": round(means["mean_of_tasks"].value, 2) if means["mean_of_tasks"] else None,
             "mean_of_group_means": (round(means["mean_of_group_means"].value, 2)
                                     if means["mean_of_group_means"] else None),
@@ -678,7 +692,8 @@ def _chart(benchmark_name: str, rows: list[dict], reproduced: list[dict]) -> str
                            f"{CONVENTION_LABELS[item['row'].protocol.mean_convention]}",
                     convention=item["row"].protocol.mean_convention)
               for item in rows
-              if item["row"].mean is not None and item["row"].params_m and item["row"].copy_of is None]
+              if item["row"].mean is not None and item["row"].params_m and item["row"].copy_of is None
+              and item["in_reference"]]
     # Reproduced rows are plotted with the mean of group means, the convention most tables use,
     # averaged over the seeds, with a bar of ± their standard deviation.
     points += [Point(label=r["impl"], params_m=r["trainable"] / 1e6, accuracy=r["mean_of_group_means"],
@@ -691,13 +706,16 @@ def _chart(benchmark_name: str, rows: list[dict], reproduced: list[dict]) -> str
 def _chart_caption(benchmark, rows: list[dict], reproduced: list[dict]) -> str:
     """The caption of a results page's chart: what its points are, for the rows it plots."""
     plotted = [item for item in rows
-               if item["row"].mean is not None and item["row"].params_m and item["row"].copy_of is None]
+               if item["row"].mean is not None and item["row"].params_m and item["row"].copy_of is None
+               and item["in_reference"]]
     runs = [r for r in reproduced if r["trainable"]]
     parts = []
     if plotted:
-        parts.append(f"Each circle or square is one row reported by a paper for {benchmark.name} (a copy of an "
-                     "earlier source's numbers is drawn once): its mean as printed against its trainable "
-                     "parameters as printed; hover it for its source.")
+        setting = benchmark.reference_setting
+        parts.append(f"Each circle or square is one row reported by a paper for {benchmark.name}"
+                     + (f" on {setting.backbone} pre-trained {setting.checkpoint}" if setting else "")
+                     + " (a copy of an earlier source's numbers is drawn once): its mean as printed against "
+                     "its trainable parameters as printed; hover it for its source.")
         conventions = {item["row"].protocol.mean_convention for item in plotted}
         if len(benchmark.groups) > 1 and len(conventions) > 1:
             parts.append("Circles are means of the tasks and squares means of the group means: the two "

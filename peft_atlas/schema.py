@@ -88,6 +88,13 @@ class TaskGroup(Strict):
     tasks: list[Task] = Field(min_length=1)
 
 
+class Setting(Strict):
+    """A backbone and its pre-training, as reported rows name them."""
+
+    backbone: str = Field(min_length=1)
+    checkpoint: str = Field(min_length=1)
+
+
 class Benchmark(Strict):
     id: str = Field(pattern=SLUG)
     name: str = Field(pattern=PLAIN_NAME)
@@ -98,6 +105,10 @@ class Benchmark(Strict):
     bib: list[str] = Field(default_factory=list)
     description: str
     groups: list[TaskGroup] = Field(min_length=1)
+    reference_setting: Setting | None = Field(
+        default=None,
+        description="The backbone and pre-training that rankings, charts, the method finder and proxy "
+                    "fidelity compare in; rows in other settings are listed with a setting badge.")
 
     def task_ids(self) -> list[str]:
         """All task ids in column order."""

@@ -198,8 +198,17 @@ def test_results_view_ranks_like_with_like_and_hides_copies(page, served_site):
     total = rows.count()
     copies = table.locator("tbody tr:has(.atlas-badge.copy)")
     assert copies.count() > 0
-    # copies are hidden until asked for
+    # copies are hidden until asked for, and so are rows on another backbone or pre-training
     assert all(not copies.nth(i).is_visible() for i in range(copies.count()))
+    elsewhere = table.locator("tbody tr:has(.atlas-badge.setting)")
+    assert elsewhere.count() > 0
+    assert all(not elsewhere.nth(i).is_visible() for i in range(elsewhere.count()))
+    page.select_option("#atlas-view select[name=setting]", "ViT-B/16, ImageNet-1k MAE")
+    shown = table.locator("tbody tr:visible")
+    assert shown.count() > 0
+    assert all(shown.nth(i).locator(".atlas-badge.setting").inner_text() == "ViT-B/16, ImageNet-1k MAE"
+               for i in range(shown.count()))
+    page.select_option("#atlas-view select[name=setting]", "reference")
     page.select_option("#atlas-view select[name=selection]", "best-test")
     page.select_option("#atlas-view select[name=source]", "mai2024lessons")
     visible = table.locator("tbody tr:visible")
@@ -210,6 +219,7 @@ def test_results_view_ranks_like_with_like_and_hides_copies(page, served_site):
     page.check("#atlas-view input[name=copies]")
     page.select_option("#atlas-view select[name=selection]", "")
     page.select_option("#atlas-view select[name=source]", "")
+    page.select_option("#atlas-view select[name=setting]", "")
     assert table.locator("tbody tr:visible").count() == total
 
 

@@ -137,6 +137,21 @@ def test_reported_score_is_the_median_over_complete_rows_of_recomputed_group_mea
     assert pair.proxy_runs == 1 and pair.proxy_score == pytest.approx(55.0)
 
 
+def test_rows_on_another_backbone_or_pre_training_do_not_count(mini_kb):
+    """VTAB-1k's reference setting is ViT-B/16 pre-trained on ImageNet-21k: a ViT-L/16 row and an
+    MAE row measure other models and leave the score at the fixture's row (every task 70)."""
+    add_implemented_method(mini_kb, "lora", "lora")
+    add_reported(mini_kb, "liu2024dora.yaml", [
+        row_yaml("lora", by_group(90.0, 90.0, 90.0), bib="liu2024dora").replace("ViT-B/16", "ViT-L/16"),
+        row_yaml("lora", by_group(95.0, 95.0, 95.0), bib="liu2024dora").replace(
+            "ImageNet-21k supervised", "ImageNet-1k MAE"),
+    ])
+    add_micro_run(mini_kb, "lora", 55.0)
+    kb = loaded(mini_kb)
+    [pair] = proxy_fidelity(kb, measured_rows(kb)).pairs
+    assert pair.target_rows == 1 and pair.target_score == pytest.approx(70.0)
+
+
 def test_a_method_without_a_complete_row_or_a_run_is_left_out_with_the_reason(mini_kb):
     add_implemented_method(mini_kb, "lora", "lora")
     add_implemented_method(mini_kb, "dora", "dora")

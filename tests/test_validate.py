@@ -485,6 +485,13 @@ def test_a_row_copying_an_earlier_source_must_say_so(mini_kb: Path) -> None:
         "    source: {bib: liu2024dora, table: \"Table 1\"}\n",
         "    source: {bib: liu2024dora, table: \"Table 1\"}\n    copy_of: {bib: hu2022lora, table: \"Table 1\"}\n"))
     assert load(mini_kb)[1] == []
+    # the earlier source cannot name the later one as its original (a cycle of copies)
+    edit(mini_kb, "taxonomy/reported/vtab-1k/hu2022lora.yaml", "    source: {bib: hu2022lora, table: \"Table 1\"}\n",
+         "    source: {bib: hu2022lora, table: \"Table 1\"}\n    copy_of: {bib: liu2024dora, table: \"Table 1\"}\n")
+    assert [str(p) for p in load(mini_kb)[1]] == [
+        "taxonomy/reported/vtab-1k/hu2022lora.yaml:3: rows.0.copy_of: copy_of names liu2024dora, which is not "
+        "earlier than this row's source hu2022lora (order: year, then arXiv id, then key): a row copies only an "
+        "earlier source"]
 
 
 def test_every_reported_row_carries_a_complete_fingerprint(mini_kb: Path) -> None:

@@ -39,14 +39,16 @@ import argparse
 import json
 import os
 import shlex
-import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from peft_atlas.bench import lr_search
+from peft_atlas.bench.lr_search import choose, is_same_run, measured_path, resolved_config
+from peft_atlas.bench.lr_search import relative as _relative
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "benchmarks" / "experiments"
@@ -132,21 +134,9 @@ def candidate_rates(method: str) -> list[float]:
     return [float(f"{group_rate(method) * factor:.3g}") for factor in LR_FACTORS]
 
 
-def choose(scores: dict[float, float]) -> float:
-    """The rate with the best validation score; a tie goes to the lower rate."""
-    return min(scores, key=lambda lr: (-scores[lr], lr))
-
-
 def extension(scores: dict[float, float], added: int) -> float | None:
     """The next rate to try when the best one is at an end of those tried, else None."""
-    if added >= MAX_EXTENSIONS:
-        return None
-    best = choose(scores)
-    if best == max(scores):
-        return float(f"{best * LR_STEP:.3g}")
-    if best == min(scores):
-        return float(f"{best / LR_STEP:.3g}")
-    return None
+    return lr_search.next_rate(scores, added, MAX_EXTENSIONS, LR_STEP)
 
 
 def val_score(run: dict) -> float:
@@ -157,9 +147,7 @@ def val_score(run: dict) -> float:
 
 def read_selected(path: Path = SELECTED) -> dict[str, dict]:
     """The per-method entries of the selection file (empty if there is none)."""
-    if not path.is_file():
-        return {}
-    return yaml.safe_load(path.read_text(encoding="utf-8")).get("methods", {})
+    return lr_search.read_selected(path)
 
 
 def learning_rate(method: str) -> tuple[float, str]:
@@ -186,13 +174,6 @@ def experiment(method: str, lr: float | None = None) -> dict[str, Any]:
     }
 
 
-def _relative(path: Path) -> str:
-    try:
-        return path.resolve().relative_to(REPO).as_posix()
-    except ValueError:
-        return str(path)
-
-
 def write_config(path: Path, method: str, out: Path, lr: float | None = None, why: str | None = None) -> None:
     """Write a method's config (only if its text changed), checked by the config schema."""
     from peft_atlas.bench.config import parse_config
@@ -210,80 +191,20 @@ def write_config(path: Path, method: str, out: Path, lr: float | None = None, wh
         print(f"wrote {_relative(path)}", flush=True)
 
 
-def measured_path(directory: Path, method: str, seed: int) -> Path:
-    """Where the run of one method with one seed is written."""
-    return directory / f"{method}-seed{seed}.json"
-
-
-def run_bench(config: Path, out: Path, threads: int, seed: int = 0) -> bool:
-    """Run one config with `seed` in its own process with `threads` torch threads; True if it succeeded."""
-    command = [sys.executable, "-m", "peft_atlas.bench.cli", _relative(config), "--seed", str(seed),
-               "--out", _relative(out), "--quiet"]
-    began = time.perf_counter()
-    done = subprocess.run(command, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
-    print(f"{_relative(out)}: {time.perf_counter() - began:.0f} s" + ("" if done.returncode == 0 else " FAILED"),
-          flush=True)
-    return done.returncode == 0
-
-
-def _same_run(out: Path, config: dict, sha256: str) -> bool:
-    """Whether `out` holds a run of exactly this resolved config on this CLIP model."""
-    if not out.is_file():
-        return False
-    run = json.loads(out.read_text(encoding="utf-8"))
-    return run["config"] == config and (run.get("backbone_weights") or {}).get("sha256") == sha256
-
-
-def _resolved(config: Path, seed: int) -> dict:
-    from peft_atlas.bench.config import load_config, with_overrides
-    from peft_atlas.bench.runner import resolve_config
-
-    return resolve_config(with_overrides(load_config(config), seed=seed)).model_dump(mode="json")
-
-
 def select_learning_rates(chosen: list[str], jobs: int, threads: int, sha256: str) -> list[str]:
     """Run the candidate rates of every method that trains, record the choice, keep the winners' runs.
 
     Returns:
         The methods that failed.
     """
-    scores: dict[str, dict[float, float]] = {m: {} for m in chosen}
-    files: dict[str, dict[float, Path]] = {m: {} for m in chosen}
-    failed: set[str] = set()
-    pending = {m: candidate_rates(m) for m in chosen}
-    while pending:
-        work = []
-        for method, rates in pending.items():
-            for lr in rates:
-                config, out = CANDIDATES / method / f"lr{lr:g}.yaml", CANDIDATES / method / f"lr{lr:g}.json"
-                write_config(config, method, out, lr, "a candidate of --select-lr")
-                work.append((method, lr, config, out))
+    def run_candidate(method: str, lr: float) -> Path | None:
+        config, out = CANDIDATES / method / f"lr{lr:g}.yaml", CANDIDATES / method / f"lr{lr:g}.json"
+        write_config(config, method, out, lr, "a candidate of --select-lr")
+        return out if lr_search.run_or_keep(config, out, sha256, threads) else None
 
-        def run_candidate(item: tuple) -> bool:
-            _, _, config, out = item
-            if _same_run(out, _resolved(config, 0), sha256):
-                print(f"{_relative(out)}: kept (same config, same CLIP model)", flush=True)
-                return True
-            return run_bench(config, out, threads)
-
-        with ThreadPoolExecutor(max_workers=jobs) as pool:
-            succeeded = list(pool.map(run_candidate, work))
-        for (method, lr, _, out), ok in zip(work, succeeded):
-            if not ok:
-                failed.add(method)
-                continue
-            files[method][lr] = out
-            scores[method][lr] = round(val_score(json.loads(out.read_text(encoding="utf-8"))), 3)
-        pending = {}
-        for method in chosen:
-            if method in failed:
-                continue
-            following = extension(scores[method], len(scores[method]) - len(LR_FACTORS))
-            if following is not None:
-                print(f"{method}: best rate {choose(scores[method]):g} is at an end of the grid; trying {following:g}",
-                      flush=True)
-                pending[method] = [following]
-
+    scores, files, failed = lr_search.search_rates(
+        chosen, candidate_rates, run_candidate, val_score,
+        grid_size=len(LR_FACTORS), max_extensions=MAX_EXTENSIONS, step=LR_STEP, jobs=jobs)
     entries = read_selected()
     for method in chosen:
         if method in failed:
@@ -320,7 +241,7 @@ def _adopt(method: str, candidate: Path) -> None:
     run = json.loads(candidate.read_text(encoding="utf-8"))
     config, out = CONFIGS / method / CONFIG_NAME, measured_path(MEASURED, method, 0)
     write_config(config, method, out)
-    if _resolved(config, 0) != run["config"]:
+    if not is_same_run(candidate, resolved_config(config, 0), run["backbone_weights"]["sha256"]):
         raise RuntimeError(f"{candidate}: its config differs from {config}; re-run instead of adopting it")
     run["command"] = run["command"].replace(_relative(candidate.with_suffix(".yaml")), _relative(config)).replace(
         _relative(candidate), _relative(out))
@@ -354,19 +275,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"CLIP model: {weights.path} ({weights.origin}, sha256 {weights.sha256[:12]})", flush=True)
     failed = (select_learning_rates([m for m in chosen if trains(m)], jobs, threads, weights.sha256)
               if args.select_lr else [])
-    work = []
+    configs = {}
     for method in (m for m in chosen if m not in failed):
-        config = CONFIGS / method / CONFIG_NAME
-        write_config(config, method, measured_path(MEASURED, method, 0))
-        for seed in args.seeds:
-            out = measured_path(MEASURED, method, seed)
-            if _same_run(out, _resolved(config, seed), weights.sha256):
-                print(f"{_relative(out)}: kept (same config, seed and CLIP model)", flush=True)
-            else:
-                work.append((method, config, out, seed))
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        succeeded = list(pool.map(lambda item: run_bench(item[1], item[2], threads, item[3]), work))
-    failed = sorted(set(failed) | {method for (method, *_), ok in zip(work, succeeded) if not ok})
+        configs[method] = (CONFIGS / method / CONFIG_NAME, MEASURED)
+        write_config(configs[method][0], method, measured_path(MEASURED, method, 0))
+    failed = sorted(set(failed) | lr_search.run_seeds(configs, args.seeds, weights.sha256, jobs=jobs, threads=threads))
     print(f"{len(chosen)} methods in {time.perf_counter() - started:.0f} s"
           + (f"; failed: {', '.join(failed)}" if failed else ""), flush=True)
     return 1 if failed else 0

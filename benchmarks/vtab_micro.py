@@ -44,16 +44,17 @@ import argparse
 import json
 import os
 import shlex
-import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from statistics import fmean
 
 import yaml
 
+from peft_atlas.bench import lr_search
 from peft_atlas.bench.config import default_method_options
+from peft_atlas.bench.lr_search import choose, is_same_run, measured_path, resolved_config
+from peft_atlas.bench.lr_search import relative as _relative
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "benchmarks" / "experiments"
@@ -118,27 +119,13 @@ def candidate_rates(method: str) -> list[float]:
 
 
 def extension(scores: dict[float, float], added: int) -> float | None:
-    """The rate to try next when the best of `scores` is at an end of the grid, else None.
-
-    Args:
-        scores: val200 score of every rate tried so far.
-        added: How many rates were already added past the initial grid.
-    """
-    if added >= MAX_EXTENSIONS:
-        return None
-    best = choose(scores)
-    if best == max(scores):
-        return float(f"{best * LR_STEP:.3g}")
-    if best == min(scores):
-        return float(f"{best / LR_STEP:.3g}")
-    return None
+    """The rate to try next when the best of `scores` (val200) is at an end of the grid, else None."""
+    return lr_search.next_rate(scores, added, MAX_EXTENSIONS, LR_STEP)
 
 
 def read_selected(path: Path = SELECTED) -> dict[str, dict]:
     """The per-method entries of the selection file (empty if there is none)."""
-    if not path.is_file():
-        return {}
-    return yaml.safe_load(path.read_text(encoding="utf-8")).get("methods", {})
+    return lr_search.read_selected(path)
 
 
 def learning_rate(method: str) -> tuple[float, str]:
@@ -152,11 +139,6 @@ def learning_rate(method: str) -> tuple[float, str]:
 def val200_score(run: dict) -> float:
     """Mean over a run's tasks of the val200 top-1 of the epoch each task selected."""
     return fmean(task["history"][task["selected_epoch"] - 1]["val_top1"] for task in run["tasks"])
-
-
-def choose(scores: dict[float, float]) -> float:
-    """The rate with the best val200 score; a tie goes to the lower rate."""
-    return min(scores, key=lambda lr: (-scores[lr], lr))
 
 
 def experiment(method: str, tasks: list[str], lr: float | None = None) -> dict[str, object]:
@@ -194,29 +176,6 @@ def write_config(path: Path, method: str, tasks: list[str], out: Path, lr: float
         print(f"wrote {_relative(path)}", flush=True)
 
 
-def _relative(path: Path) -> str:
-    try:
-        return path.resolve().relative_to(REPO).as_posix()
-    except ValueError:
-        return str(path)
-
-
-def measured_path(directory: Path, method: str, seed: int) -> Path:
-    """Where the run of one method with one seed is written."""
-    return directory / f"{method}-seed{seed}.json"
-
-
-def run_bench(config: Path, out: Path, threads: int, seed: int = 0) -> bool:
-    """Run one config with `seed` in its own process with `threads` torch threads; True if it succeeded."""
-    command = [sys.executable, "-m", "peft_atlas.bench.cli", _relative(config), "--seed", str(seed),
-               "--out", _relative(out), "--quiet"]
-    began = time.perf_counter()
-    done = subprocess.run(command, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
-    print(f"{_relative(out)}: {time.perf_counter() - began:.0f} s" + ("" if done.returncode == 0 else " FAILED"),
-          flush=True)
-    return done.returncode == 0
-
-
 def select_learning_rates(methods: list[str], tasks: list[str], jobs: int, threads: int) -> list[str]:
     """Run the candidate rates of every method, record the choice, keep the winners' runs.
 
@@ -229,43 +188,15 @@ def select_learning_rates(methods: list[str], tasks: list[str], jobs: int, threa
     from peft_atlas.bench.micro import micro_backbone_weights
 
     sha256 = micro_backbone_weights().sha256
-    tried: dict[str, dict[float, Path]] = {method: {} for method in methods}
-    scores: dict[str, dict[float, float]] = {method: {} for method in methods}
-    failed: set[str] = set()
-    pending = {method: candidate_rates(method) for method in methods}
-    while pending:
-        work = []
-        for method, rates in pending.items():
-            for lr in rates:
-                config, out = CANDIDATES / method / f"lr{lr:g}.yaml", CANDIDATES / method / f"lr{lr:g}.json"
-                write_config(config, method, tasks, out, lr, "a candidate of --select-lr")
-                work.append((method, lr, config, out))
 
-        def run_candidate(item: tuple) -> bool:
-            _, lr, config, out = item
-            if _done_before(out, lr, sha256):
-                print(f"{_relative(out)}: kept (same rate, same backbone)", flush=True)
-                return True
-            return run_bench(config, out, threads)
+    def run_candidate(method: str, lr: float) -> Path | None:
+        config, out = CANDIDATES / method / f"lr{lr:g}.yaml", CANDIDATES / method / f"lr{lr:g}.json"
+        write_config(config, method, tasks, out, lr, "a candidate of --select-lr")
+        return out if lr_search.run_or_keep(config, out, sha256, threads) else None
 
-        with ThreadPoolExecutor(max_workers=jobs) as pool:
-            succeeded = list(pool.map(run_candidate, work))
-        for (method, lr, _, out), ok in zip(work, succeeded):
-            if not ok:
-                failed.add(method)
-                continue
-            tried[method][lr] = out
-            scores[method][lr] = round(val200_score(json.loads(out.read_text(encoding="utf-8"))), 3)
-        pending = {}
-        for method in methods:
-            if method in failed:
-                continue
-            following = extension(scores[method], len(scores[method]) - len(LR_FACTORS))
-            if following is not None:
-                print(f"{method}: best rate {choose(scores[method]):g} is at an end of the grid; trying {following:g}",
-                      flush=True)
-                pending[method] = [following]
-
+    scores, tried, failed = lr_search.search_rates(
+        methods, candidate_rates, run_candidate, val200_score,
+        grid_size=len(LR_FACTORS), max_extensions=MAX_EXTENSIONS, step=LR_STEP, jobs=jobs)
     entries = read_selected()
     for method in methods:
         if method in failed:
@@ -290,33 +221,6 @@ def select_learning_rates(methods: list[str], tasks: list[str], jobs: int, threa
     return sorted(failed)
 
 
-def _done_before(out: Path, lr: float, sha256: str) -> bool:
-    """Whether `out` already holds a run at this rate on this backbone (an interrupted selection resumes)."""
-    if not out.is_file():
-        return False
-    run = json.loads(out.read_text(encoding="utf-8"))
-    return run["config"]["train"]["lr"] == lr and (run.get("backbone_weights") or {}).get("sha256") == sha256
-
-
-def _as_current(recorded: dict, where: Path) -> dict:
-    """A recorded config as the current schema reads it (fields added since take their defaults)."""
-    from peft_atlas.bench.config import parse_config
-
-    return parse_config(recorded, str(where)).model_dump(mode="json")
-
-
-def _up_to_date(out: Path, config: Path, seed: int, sha256: str) -> bool:
-    """Whether `out` already holds a run of `config` with `seed` on this backbone (the suite resumes)."""
-    from peft_atlas.bench.config import load_config, with_overrides
-    from peft_atlas.bench.runner import resolve_config
-
-    if not out.is_file():
-        return False
-    run = json.loads(out.read_text(encoding="utf-8"))
-    expected = resolve_config(with_overrides(load_config(config), seed=seed)).model_dump(mode="json")
-    return _as_current(run["config"], out) == expected and (run.get("backbone_weights") or {}).get("sha256") == sha256
-
-
 def _adopt(method: str, tasks: list[str], run: dict, candidate: Path) -> None:
     """Make the winning candidate the method's result: its config becomes `micro.yaml`.
 
@@ -324,14 +228,10 @@ def _adopt(method: str, tasks: list[str], run: dict, candidate: Path) -> None:
     count gives the same numbers); only its recorded command changes, to name the committed
     config and output file. Refuses if the committed config would differ from the one that ran.
     """
-    from peft_atlas.bench.config import load_config
-    from peft_atlas.bench.runner import resolve_config
-
     config, out = CONFIGS / method / "micro.yaml", measured_path(MEASURED, method, 0)
     lr = run["config"]["train"]["lr"]
     write_config(config, method, tasks, out, lr, f"chosen on val200, see {SELECTED.name}")
-    committed = resolve_config(load_config(config)).model_dump(mode="json")
-    if committed != _as_current(run["config"], candidate):
+    if not is_same_run(candidate, resolved_config(config, 0), run["backbone_weights"]["sha256"]):
         raise RuntimeError(f"{candidate}: its config differs from {config}; re-run instead of adopting it")
     run["command"] = run["command"].replace(_relative(candidate.with_suffix(".yaml")), _relative(config)).replace(
         _relative(candidate), _relative(out))
@@ -371,22 +271,14 @@ def main(argv: list[str] | None = None) -> int:
     weights = micro_backbone_weights(quiet=False)
     print(f"backbone: {weights.path} ({weights.origin}, sha256 {weights.sha256[:12]})", flush=True)
     failed = select_learning_rates(methods, tasks, jobs, threads) if args.select_lr else []
-    work = []
+    configs = {}
     for method in (m for m in methods if m not in failed):
         if full_suite:
-            config, directory = CONFIGS / method / "micro.yaml", MEASURED
+            configs[method] = (CONFIGS / method / "micro.yaml", MEASURED)
         else:
-            config, directory = PARTIAL / "configs" / f"{method}.yaml", PARTIAL / "measured"
-        write_config(config, method, tasks, measured_path(directory, method, 0))
-        for seed in args.seeds:
-            out = measured_path(directory, method, seed)
-            if _up_to_date(out, config, seed, weights.sha256):
-                print(f"{_relative(out)}: kept (same config, seed and backbone)", flush=True)
-            else:
-                work.append((method, config, out, seed))
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        succeeded = list(pool.map(lambda item: run_bench(item[1], item[2], threads, item[3]), work))
-    failed = sorted(set(failed) | {method for (method, *_), ok in zip(work, succeeded) if not ok})
+            configs[method] = (PARTIAL / "configs" / f"{method}.yaml", PARTIAL / "measured")
+        write_config(configs[method][0], method, tasks, measured_path(configs[method][1], method, 0))
+    failed = sorted(set(failed) | lr_search.run_seeds(configs, args.seeds, weights.sha256, jobs=jobs, threads=threads))
     print(f"{len(methods)} methods x {len(tasks)} tasks in {time.perf_counter() - started:.0f} s"
           + (f"; failed: {', '.join(failed)}" if failed else ""), flush=True)
     return 1 if failed else 0

@@ -1,7 +1,7 @@
 """VLM-micro: every vision-language method, base-to-novel, on a CPU, with nothing to download.
 
 For each CLIP method this writes an experiment config, `benchmarks/experiments/<method>/vlm-micro.yaml`
-(the method's options below, the VLM-micro CLIP, the `shapes` task with 16 shots per base class,
+(the method's options below, the VLM-micro CLIP, the `turned` task with 16 shots per base class,
 the training settings below and the method's learning rate), and runs it with `peft-atlas bench`
 in its own process, once per seed, which writes
 `benchmarks/measured/vlm-micro/<method>-seed<N>.json` with full provenance. The CLIP model is the
@@ -15,7 +15,8 @@ which trains each method with seed 0 at its group's rate in `LR_GROUPS` times 1/
 keeps the rate with the best validation accuracy of the reported model (the validation images
 of the base classes, classified after the last epoch; a tie goes to the lower rate). While the
 best rate is at an end of what was tried, one more rate 3 times past that end is tried, at most
-`MAX_EXTENSIONS` times. The novel classes play no part in the choice: they stand for classes
+`MAX_EXTENSIONS` times (above the highest when every rate scores the same: none has moved the
+method yet). The novel classes play no part in the choice: they stand for classes
 nobody has seen when the method is tuned. The score of every rate, the CLIP model's hash and the
 winner go to `benchmarks/experiments/vlm-micro-lr.yaml`; the winner's run is the method's seed-0
 result. Methods with nothing to train (zero-shot CLIP, Tip-Adapter) have no rate to choose.
@@ -59,7 +60,7 @@ CONFIG_NAME = "vlm-micro.yaml"
 
 TRAIN: dict[str, Any] = {
     "epochs": 5,
-    "batch_size": 32,
+    "batch_size": 4,
     "eval_batch_size": 500,
     "optimizer": "sgd",
     "momentum": 0.9,
@@ -68,10 +69,11 @@ TRAIN: dict[str, Any] = {
     "warmup_epochs": 1,
     "device": "cpu",
 }
-"""Training settings shared by every method (the learning rate is the method's own): SGD with a
-cosine schedule after one warmup epoch, as CoOp's and CoCoOp's configs train; 5 epochs of the
-512 training images, in batches of 32 (80 steps: CoCoOp, which encodes every class's prompt for
-every image, then takes under a minute on one core)."""
+"""Training settings shared by every method (the learning rate is the method's own): the schedule
+of MaPLe's base-to-novel config (`configs/trainers/MaPLe/vit_b16_c2_ep5_batch4_2ctx.yaml` of
+muzairkhattak/multimodal-prompt-learning at 69bce21: SGD, 5 epochs, batch 4, cosine schedule after
+one warmup epoch), with momentum 0.9 and weight decay 5e-4: 640 steps over the 512 training images.
+CoCoOp, which encodes every class's prompt for every image, then takes under a minute."""
 
 OPTIONS: dict[str, dict[str, Any]] = {
     "coop": {"init_text": "a photo of a"},
@@ -98,7 +100,7 @@ SEEDS = (0, 1, 2)
 """Seeds of the suite; every reported number is their mean, with their standard deviation."""
 
 HEADER = """\
-# {method} on the VLM-micro CLIP, base-to-novel on the `shapes` task, on a CPU.
+# {method} on the VLM-micro CLIP, base-to-novel on the `turned` task, on a CPU.
 # Written by benchmarks/vlm_micro.py (edit OPTIONS, LR_GROUPS or TRAIN there, not this file).
 # lr {lr} ({why}). Run from the repository root, for each seed N of the suite:
 #   peft-atlas bench {config} --seed N --out {out}
@@ -162,13 +164,13 @@ def learning_rate(method: str) -> tuple[float, str]:
 
 def experiment(method: str, lr: float | None = None) -> dict[str, Any]:
     """The experiment config of one method as plain data (at `lr`, else its `learning_rate`)."""
-    from peft_atlas.bench.vlm_micro import SHOTS, VLM_MICRO_TASKS
+    from peft_atlas.bench.vlm_micro import BENCHMARK_TASKS, SHOTS
 
     return {
         "description": f"{method} on VLM-micro (base-to-novel)",
         "method": {"name": method, "options": options(method)},
         "backbone": {"clip": "vlm-micro"},
-        "data": {"kind": "vlm-micro", "tasks": list(VLM_MICRO_TASKS), "shots": SHOTS},
+        "data": {"kind": "vlm-micro", "tasks": list(BENCHMARK_TASKS), "shots": SHOTS},
         "train": {**TRAIN, "lr": learning_rate(method)[0] if lr is None else lr},
         "seed": 0,
     }
@@ -217,7 +219,7 @@ def select_learning_rates(chosen: list[str], jobs: int, threads: int, sha256: st
                      "seed 0; a tie goes to the lower rate; the novel classes are never looked at",
         "grid": f"the rate of the method's group in LR_GROUPS times {', '.join(f'{f:.3g}' for f in LR_FACTORS)}; "
                 f"while the best rate is at an end, one more rate {LR_STEP:g} times past that end "
-                f"(at most {MAX_EXTENSIONS} added)",
+                f"(above the highest when every rate scores the same; at most {MAX_EXTENSIONS} added)",
         "backbone_sha256": sha256,
         "command": shlex.join(["python", "benchmarks/vlm_micro.py", *sys.argv[1:]]),
         "methods": dict(sorted(entries.items())),

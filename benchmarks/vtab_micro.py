@@ -14,8 +14,8 @@ Learning rates are chosen per method on val200, never on test accuracy, by
 which trains each method (seed 0) at three rates, the rate of its group in `LR_GROUPS` times
 1/3, 1 and 3, and keeps the one with the best val200 score: the mean over the tasks of the val200
 top-1 of the epoch each task's run selects (a tie goes to the lower rate). When the best rate is
-at an end of the grid, the grid grows by another factor of 3 past that end, up to
-`MAX_EXTENSIONS` times, so a chosen rate is an interior optimum unless the cap was reached. The
+at an end of the grid, the grid grows by another factor of 3 past that end (above the highest
+when every rate scores the same), up to `MAX_EXTENSIONS` times, so a chosen rate is an interior optimum unless the cap was reached. The
 val200 score of every candidate, the backbone's hash and the winner go to
 `benchmarks/experiments/micro-lr.yaml`; the winner's run is the method's seed-0 result (its config
 is the candidate's, written as `micro.yaml`, so the recorded command re-runs it). The groups
@@ -210,7 +210,7 @@ def select_learning_rates(methods: list[str], tasks: list[str], jobs: int, threa
                      "a tie goes to the lower rate",
         "grid": f"the rate of the method's group in LR_GROUPS times {', '.join(f'{f:.3g}' for f in LR_FACTORS)}; "
                 f"while the best rate is at an end, one more rate {LR_STEP:g} times past that end "
-                f"(at most {MAX_EXTENSIONS} added)",
+                f"(above the highest when every rate scores the same; at most {MAX_EXTENSIONS} added)",
         "backbone_sha256": sha256,
         "command": shlex.join(["python", "benchmarks/vtab_micro.py", *sys.argv[1:]]),
         "methods": dict(sorted(entries.items())),

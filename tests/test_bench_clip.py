@@ -46,7 +46,7 @@ def test_a_clip_config_takes_the_clip_defaults(data_root: Path) -> None:
     resolved = resolve_config(parse_config(clip_config(data_root, data={"kind": "clip-base-to-novel"}), "test"))
     assert resolved.data.shots == 16 and resolved.data.tasks == list(clip_data.BASE_TO_NOVEL_TASKS)
     micro = resolve_config(parse_config({**clip_config(None, kind="vlm-micro"), "data": {"kind": "vlm-micro"}}, "t"))
-    assert (micro.data.image_size, micro.data.mean, micro.data.tasks) == (32, [0.5, 0.5, 0.5], ["shapes"])
+    assert (micro.data.image_size, micro.data.mean, micro.data.tasks) == (32, [0.5, 0.5, 0.5], ["turned"])
 
 
 @pytest.mark.parametrize("case, field, expected", [

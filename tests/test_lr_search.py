@@ -46,3 +46,11 @@ def test_a_run_is_kept_only_with_the_same_config_and_backbone(tmp_path: Path) ->
     assert not lr_search.is_same_run(out, expected, "other backbone")
     changed = dict(expected, seed=expected["seed"] + 1)
     assert not lr_search.is_same_run(out, changed, "abc")
+
+
+def test_a_flat_score_grows_the_grid_upwards() -> None:
+    """All rates tie (no rate moved the method): the next is above the highest, not below the lowest."""
+    flat = {0.01: 75.0, 0.03: 75.0, 0.1: 75.0}
+    assert lr_search.choose(flat) == 0.01
+    assert lr_search.next_rate(flat, added=0, max_extensions=3, step=3.0) == 0.3
+    assert lr_search.next_rate({0.01: 76.0, 0.03: 75.0, 0.1: 75.0}, added=0, max_extensions=3, step=3.0) == 0.00333

@@ -52,8 +52,23 @@ def test_the_seed_draws_the_shots_and_nothing_else(task) -> None:
     assert other.fingerprint != task.fingerprint and not torch.equal(other.train.images, task.train.images)
     for split in ("val", "test", "novel_test"):
         assert torch.equal(getattr(other, split).images, getattr(task, split).images), split
-    with pytest.raises(KeyError, match="valid tasks: shapes"):
+    with pytest.raises(KeyError, match="valid tasks: turned, shapes"):
         vlm_micro.load_vlm_micro_task("cifar")
+
+
+def test_the_benchmark_task_turns_every_image_a_quarter_turn() -> None:
+    """`turned` draws what a plain upright task would draw and turns it exactly (no resampling),
+    anticlockwise: a triangle pointing up points left."""
+    assert vlm_micro.BENCHMARK_TASKS == ("turned",)
+    turned, upright = vlm_micro.VLM_MICRO_TASKS["turned"], vlm_micro.VlmMicroTask("upright", "plain")
+    labels = torch.arange(0, 64, 9)
+    images = vlm_micro._draw(turned, torch.Generator().manual_seed(3), labels)
+    assert torch.equal(images, torch.rot90(vlm_micro._draw(upright, torch.Generator().manual_seed(3), labels), 1, (2, 3)))
+    corner = torch.zeros(1, 1, 3, 3)
+    corner[0, 0, 0, 2] = 1  # top right ...
+    assert torch.rot90(corner, turned.quarter_turns, (2, 3))[0, 0, 0, 0] == 1  # ... goes to top left
+    task = vlm_micro.load_vlm_micro_task("turned", 0)
+    assert "quarter turn" in task.source and task.classnames == vlm_micro.classnames()[:32]
 
 
 def test_images_and_captions_are_drawn_from_the_generator() -> None:
@@ -205,7 +220,7 @@ def test_a_method_runs_base_to_novel_on_vlm_micro() -> None:
     config = parse_config({"method": {"name": "zero-shot-clip"}, "backbone": {"clip": "vlm-micro"},
                            "data": {"kind": "vlm-micro"}, "train": {"device": "cpu", "eval_batch_size": 500}}, "zs")
     [result] = run_experiment(config, quiet=True)
-    assert result.task == "shapes" and result.num_test == 800 and result.novel.num_test == 800
+    assert result.task == "turned" and result.num_test == 800 and result.novel.num_test == 800
     assert result.selected_epoch == 0 and result.novel.reinitialized == []
     chance = 100 / 32
     assert result.top1 > 2 * chance and result.novel.top1 > 2 * chance  # the pretrained model knows the words

@@ -66,6 +66,9 @@ def choose(scores: dict[float, float]) -> float:
 def next_rate(scores: dict[float, float], added: int, max_extensions: int, step: float) -> float | None:
     """The rate to try next when the best of `scores` is at an end of those tried, else None.
 
+    A tie goes to the lower rate, except when every rate ties: then the next rate is above the
+    highest, since a flat score means no rate tried has moved the method yet.
+
     Args:
         scores: Validation score of every rate tried so far.
         added: How many rates were already added past the initial grid.
@@ -75,6 +78,9 @@ def next_rate(scores: dict[float, float], added: int, max_extensions: int, step:
     if added >= max_extensions:
         return None
     best = choose(scores)
+    if len(set(scores.values())) == 1:
+        # every rate scores the same: none moved the method from where it started, so go higher
+        return float(f"{max(scores) * step:.3g}")
     if best == max(scores):
         return float(f"{best * step:.3g}")
     if best == min(scores):

@@ -146,12 +146,12 @@ def resolve_config(config: ExperimentConfig) -> ExperimentConfig:
     kind = data["data"]["kind"]
     if kind in CLIP_KINDS:
         from .clip_data import BASE_TO_NOVEL_TASKS
-        from .vlm_micro import SHOTS, VLM_MICRO_TASKS
+        from .vlm_micro import BENCHMARK_TASKS, SHOTS
 
         if data["data"]["shots"] is None:
             data["data"]["shots"] = SHOTS
         if data["data"]["tasks"] is None:
-            data["data"]["tasks"] = list(VLM_MICRO_TASKS if kind == "vlm-micro" else BASE_TO_NOVEL_TASKS)
+            data["data"]["tasks"] = list(BENCHMARK_TASKS if kind == "vlm-micro" else BASE_TO_NOVEL_TASKS)
     if data["data"]["tasks"] is None:
         data["data"]["tasks"] = list(VTAB_TASKS)
     if data["data"]["root"] is not None:

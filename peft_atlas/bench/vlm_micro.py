@@ -5,17 +5,25 @@ the harness on generated image-caption pairs
 ([`vlm_micro_pretrain`][peft_atlas.bench.vlm_micro_pretrain]), its checkpoint committed with its
 sha256 and verified before use, and a classification task over held-out concepts.
 
-The task, `shapes`: 64 classes, every colour of every shape ("red circle", ..., "pink heart"),
+Every task has 64 classes, every colour of every shape ("red circle", ..., "pink heart"),
 labelled shape by shape (label = 8 x shape + colour). In label order the first half, the 32
 classes of circles, squares, triangles and crosses, are the base classes; the second half, the
 diamonds, stars, rings and hearts, are novel: their shape names never occur in the data a
-method is trained on. The images have the `textured` background style, which pretraining never
-showed. Per run: 16 training images per base class, drawn anew with the run's seed (the few-shot
-draw), 4 validation images per base class and 25 test images per class, both fixed.
+method is trained on. Per run: 16 training images per base class, drawn anew with the run's seed
+(the few-shot draw), 4 validation images per base class and 25 test images per class, both fixed.
+The tasks differ in how their images look:
+
+- `turned`, the benchmark's task: the pretraining style, every image turned a quarter turn
+  anticlockwise (pretraining only showed upright shapes): what adaptation has to learn differs by
+  shape (a triangle now points left, a square stays a square), so it is knowledge of the base
+  classes rather than of the whole task.
+- `shapes`: upright, on the `textured` background style with its warm light, which pretraining
+  never showed: a change every class shares.
 
 Example:
+Example:
     >>> from peft_atlas.bench.vlm_micro import load_vlm_micro_task, vlm_micro_weights
-    >>> task = load_vlm_micro_task("shapes", seed=0)  # doctest: +SKIP
+    >>> task = load_vlm_micro_task("turned", seed=0)  # doctest: +SKIP
     >>> weights = vlm_micro_weights()  # doctest: +SKIP
 """
 
@@ -44,6 +52,7 @@ __all__ = [
     "DEFAULT_PRETRAIN",
     "SHOTS",
     "TEST_PER_CLASS",
+    "BENCHMARK_TASKS",
     "VLM_MICRO_TASKS",
     "build_vlm_micro",
     "load_vlm_micro_task",
@@ -70,16 +79,24 @@ class VlmMicroTask:
     Attributes:
         description: What is classified (for the provenance record).
         style: Background style of its images.
+        quarter_turns: Quarter turns (90 degrees, anticlockwise) applied to every image; exact,
+            so the images stay the same on every machine.
     """
 
     description: str
     style: str
+    quarter_turns: int = 0
 
 
 VLM_MICRO_TASKS: dict[str, VlmMicroTask] = {
+    "turned": VlmMicroTask("colour and shape: 8 shapes x 8 colours, classes named '<colour> <shape>'; "
+                           "every image turned a quarter turn anticlockwise", "plain", quarter_turns=1),
     "shapes": VlmMicroTask("colour and shape: 8 shapes x 8 colours, classes named '<colour> <shape>'", "textured"),
 }
 """Task id to its definition."""
+
+BENCHMARK_TASKS = ("turned",)
+"""The tasks of the VLM-micro benchmark: what the suite runs and a config without `data.tasks` means."""
 
 
 def classnames() -> list[str]:
@@ -98,7 +115,8 @@ def _draw(task: VlmMicroTask, generator: torch.Generator, labels: torch.Tensor) 
     shape, colour = labels // len(render.COLOURS), labels % len(render.COLOURS)
     position = torch.randint(len(render.POSITIONS), (n,), generator=generator)
     size = torch.randint(len(render.SIZES), (n,), generator=generator)
-    return render.draw(generator, shape, colour, position, size, task.style)
+    images = render.draw(generator, shape, colour, position, size, task.style)
+    return torch.rot90(images, task.quarter_turns, dims=(2, 3)) if task.quarter_turns else images
 
 
 def load_vlm_micro_task(name: str, seed: int = 0, *, shots: int = SHOTS) -> ClipTaskData:

@@ -805,8 +805,9 @@ def base_novel_mismatches(row: ResultRow, benchmark: Benchmark) -> list[BaseNove
 
 
 def _check_base_novel_row(row: ResultRow, benchmark: Benchmark, problem) -> None:
-    """A base-to-novel row: every task with base and novel accuracies, the printed average, and
-    printed harmonic means and averages that agree with the printed accuracies."""
+    """A base-to-novel row: every task with base and novel accuracies (or none, when the source
+    prints only the average), the printed average, and printed harmonic means and averages that
+    agree with the printed accuracies."""
     task_ids = benchmark.task_ids()
     for name in ("per_task", "group_means", "mean"):
         if getattr(row, name):
@@ -821,10 +822,11 @@ def _check_base_novel_row(row: ResultRow, benchmark: Benchmark, problem) -> None
             problem(("base_novel", task), f"unknown task '{task}' of {benchmark.id} "
                                           f"(expected one of: {', '.join(task_ids)})")
     missing = [t for t in task_ids if t not in row.base_novel]
-    if not row.base_novel:
+    if not row.base_novel and row.base_novel_mean is None:
         problem(("base_novel",), f"a row of {benchmark.id} needs base_novel: base, novel and hm "
-                                 f"for each of its {len(task_ids)} tasks ({', '.join(task_ids)})")
-    elif missing:
+                                 f"for each of its {len(task_ids)} tasks ({', '.join(task_ids)}), or, "
+                                 "when the source prints only the average, base_novel_mean alone")
+    elif row.base_novel and missing:
         problem(("base_novel",), f"missing task(s) {', '.join(missing)}: a row of {benchmark.id} "
                                  f"gives base, novel and hm for each of its {len(task_ids)} tasks")
     if row.base_novel_mean is None:

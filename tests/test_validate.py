@@ -157,6 +157,12 @@ BAD_INPUTS = [
     ("b2n-missing-average", lambda r: write_base_novel(r, base_novel_yaml().replace(
         "    base_novel_mean: {base: 80.0, novel: 70.0, hm: 74.67}\n", "")),
      "rows.0.base_novel_mean: missing the printed average over the tasks"),
+    ("b2n-average-only-hm-disagrees", lambda r: write_base_novel(r, re.sub(
+        r"    base_novel:\n(      .*\n)+", "", base_novel_yaml(mean_hm=75.0))),
+     "hu2022lora.yaml:8: rows.0.base_novel_mean.hm: printed HM 75.00 of the average disagrees with the harmonic "),
+    ("b2n-neither-tasks-nor-average", lambda r: write_base_novel(r, re.sub(
+        r"    base_novel:\n(      .*\n)+    base_novel_mean: .*\n", "", base_novel_yaml())),
+     "rows.0.base_novel: a row of base-to-novel needs base_novel: base, novel and hm for each of its 11 tasks"),
     ("b2n-accuracy-out-of-range", lambda r: write_base_novel(r, base_novel_yaml().replace(
         "dtd: {base: 80.0,", "dtd: {base: 180.0,")),
      "rows.0.base_novel.dtd.base: expected an accuracy between 0 and 100, got 180.0"),
@@ -470,6 +476,12 @@ def test_crosswalk_rows_show_on_the_card_and_name_known_ids(mini_kb: Path) -> No
         "taxonomy/crosswalk.yaml:4: methods.qlora: unknown method id 'qlora' (expected the id of a file in "
         "taxonomy/methods/)",
         "taxonomy/crosswalk.yaml:5: methods.qlora.0.library: unknown library 'adapterhub' (expected one of: hf-peft)"]
+
+
+def test_a_base_to_novel_row_may_print_only_its_average(mini_kb: Path) -> None:
+    """Some sources (a README) print only the average over the 11 data sets: such a row is valid."""
+    write_base_novel(mini_kb, re.sub(r"    base_novel:\n(      .*\n)+", "", base_novel_yaml()))
+    assert load(mini_kb)[1] == []
 
 
 def test_a_row_copying_an_earlier_source_must_say_so(mini_kb: Path) -> None:

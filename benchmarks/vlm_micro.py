@@ -37,10 +37,7 @@ results depend on the thread count, which every run records).
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shlex
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -48,7 +45,7 @@ from typing import Any
 import yaml
 
 from peft_atlas.bench import lr_search
-from peft_atlas.bench.lr_search import choose, is_same_run, measured_path, resolved_config
+from peft_atlas.bench.lr_search import choose, measured_path
 from peft_atlas.bench.lr_search import relative as _relative
 
 REPO = Path(__file__).resolve().parents[1]
@@ -214,20 +211,12 @@ def select_learning_rates(chosen: list[str], jobs: int, threads: int, sha256: st
         rates = sorted(scores[method])
         best = choose(scores[method])
         entries[method] = {"chosen": best, "candidates": rates, "val": {lr: scores[method][lr] for lr in rates}}
-    document = {
-        "criterion": "validation accuracy (base classes, 4 images per class) of the model after the last epoch, "
-                     "seed 0; a tie goes to the lower rate; the novel classes are never looked at",
-        "grid": f"the rate of the method's group in LR_GROUPS times {', '.join(f'{f:.3g}' for f in LR_FACTORS)}; "
-                f"while the best rate is at an end, one more rate {LR_STEP:g} times past that end "
-                f"(above the highest when every rate scores the same; at most {MAX_EXTENSIONS} added)",
-        "backbone_sha256": sha256,
-        "command": shlex.join(["python", "benchmarks/vlm_micro.py", *sys.argv[1:]]),
-        "methods": dict(sorted(entries.items())),
-    }
-    SELECTED.write_text("# Learning rates of VLM-micro, chosen on the validation split. Written by "
-                        "benchmarks/vlm_micro.py --select-lr.\n" + yaml.safe_dump(document, sort_keys=False, width=100),
-                        encoding="utf-8")
-    print(f"wrote {_relative(SELECTED)}", flush=True)
+    lr_search.write_selection(
+        SELECTED, "Learning rates of VLM-micro, chosen on the validation split. Written by benchmarks/vlm_micro.py "
+        "--select-lr.", entries,
+        criterion="validation accuracy (base classes, 4 images per class) of the model after the last epoch, "
+                  "seed 0; a tie goes to the lower rate; the novel classes are never looked at",
+        factors=LR_FACTORS, step=LR_STEP, max_extensions=MAX_EXTENSIONS, sha256=sha256, script="benchmarks/vlm_micro.py")
     for method in chosen:
         if method not in failed:
             _adopt(method, files[method][entries[method]["chosen"]])
@@ -235,20 +224,10 @@ def select_learning_rates(chosen: list[str], jobs: int, threads: int, sha256: st
 
 
 def _adopt(method: str, candidate: Path) -> None:
-    """Make the winning candidate the method's seed-0 result: its config becomes `vlm-micro.yaml`.
-
-    The run is kept as measured; only its recorded command changes, to name the committed config
-    and output file. Refuses if the committed config would differ from the one that ran.
-    """
-    run = json.loads(candidate.read_text(encoding="utf-8"))
+    """Make the winning candidate the method's seed-0 result: its config becomes `vlm-micro.yaml`."""
     config, out = CONFIGS / method / CONFIG_NAME, measured_path(MEASURED, method, 0)
     write_config(config, method, out)
-    if not is_same_run(candidate, resolved_config(config, 0), run["backbone_weights"]["sha256"]):
-        raise RuntimeError(f"{candidate}: its config differs from {config}; re-run instead of adopting it")
-    run["command"] = run["command"].replace(_relative(candidate.with_suffix(".yaml")), _relative(config)).replace(
-        _relative(candidate), _relative(out))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(run, indent=2) + "\n", encoding="utf-8")
+    run = lr_search.adopt(candidate, config, out)
     print(f"{method}: lr {run['config']['train']['lr']:g} chosen; wrote {_relative(out)}", flush=True)
 
 

@@ -43,8 +43,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
-import sys
 import time
 from pathlib import Path
 from statistics import fmean
@@ -53,7 +51,7 @@ import yaml
 
 from peft_atlas.bench import lr_search
 from peft_atlas.bench.config import default_method_options
-from peft_atlas.bench.lr_search import choose, is_same_run, measured_path, resolved_config
+from peft_atlas.bench.lr_search import choose, measured_path
 from peft_atlas.bench.lr_search import relative as _relative
 
 REPO = Path(__file__).resolve().parents[1]
@@ -204,39 +202,22 @@ def select_learning_rates(methods: list[str], tasks: list[str], jobs: int, threa
         rates = sorted(scores[method])
         chosen = choose(scores[method])
         entries[method] = {"chosen": chosen, "candidates": rates, "val200": {lr: scores[method][lr] for lr in rates}}
-        _adopt(method, tasks, json.loads(tried[method][chosen].read_text(encoding="utf-8")), tried[method][chosen])
-    document = {
-        "criterion": "mean over the tasks of the val200 top-1 of the epoch each task's run selects; "
-                     "a tie goes to the lower rate",
-        "grid": f"the rate of the method's group in LR_GROUPS times {', '.join(f'{f:.3g}' for f in LR_FACTORS)}; "
-                f"while the best rate is at an end, one more rate {LR_STEP:g} times past that end "
-                f"(above the highest when every rate scores the same; at most {MAX_EXTENSIONS} added)",
-        "backbone_sha256": sha256,
-        "command": shlex.join(["python", "benchmarks/vtab_micro.py", *sys.argv[1:]]),
-        "methods": dict(sorted(entries.items())),
-    }
-    SELECTED.write_text("# Learning rates of VTAB-micro, chosen on val200. Written by benchmarks/vtab_micro.py "
-                        "--select-lr.\n" + yaml.safe_dump(document, sort_keys=False, width=100), encoding="utf-8")
-    print(f"wrote {_relative(SELECTED)}", flush=True)
+        _adopt(method, tasks, tried[method][chosen])
+    lr_search.write_selection(
+        SELECTED, "Learning rates of VTAB-micro, chosen on val200. Written by benchmarks/vtab_micro.py --select-lr.",
+        entries, criterion="mean over the tasks of the val200 top-1 of the epoch each task's run selects; "
+                           "a tie goes to the lower rate",
+        factors=LR_FACTORS, step=LR_STEP, max_extensions=MAX_EXTENSIONS, sha256=sha256, script="benchmarks/vtab_micro.py")
     return sorted(failed)
 
 
-def _adopt(method: str, tasks: list[str], run: dict, candidate: Path) -> None:
-    """Make the winning candidate the method's result: its config becomes `micro.yaml`.
-
-    The run is kept as measured (a second run of the same config on the same machine and thread
-    count gives the same numbers); only its recorded command changes, to name the committed
-    config and output file. Refuses if the committed config would differ from the one that ran.
-    """
+def _adopt(method: str, tasks: list[str], candidate: Path) -> None:
+    """Make the winning candidate the method's result: its config becomes `micro.yaml` (a second
+    run of the same config on the same machine and thread count gives the same numbers)."""
     config, out = CONFIGS / method / "micro.yaml", measured_path(MEASURED, method, 0)
-    lr = run["config"]["train"]["lr"]
+    lr = json.loads(candidate.read_text(encoding="utf-8"))["config"]["train"]["lr"]
     write_config(config, method, tasks, out, lr, f"chosen on val200, see {SELECTED.name}")
-    if not is_same_run(candidate, resolved_config(config, 0), run["backbone_weights"]["sha256"]):
-        raise RuntimeError(f"{candidate}: its config differs from {config}; re-run instead of adopting it")
-    run["command"] = run["command"].replace(_relative(candidate.with_suffix(".yaml")), _relative(config)).replace(
-        _relative(candidate), _relative(out))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(run, indent=2) + "\n", encoding="utf-8")
+    lr_search.adopt(candidate, config, out)
     print(f"{method}: lr {lr:g} chosen; wrote {_relative(out)}", flush=True)
 
 

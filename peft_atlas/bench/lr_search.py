@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -27,8 +28,8 @@ from typing import Any
 
 import yaml
 
-__all__ = ["REPO", "choose", "is_same_run", "measured_path", "next_rate", "read_selected", "relative",
-           "resolved_config", "run_bench", "run_or_keep", "run_seeds", "search_rates"]
+__all__ = ["REPO", "adopt", "choose", "is_same_run", "measured_path", "next_rate", "read_selected", "relative",
+           "resolved_config", "run_bench", "run_or_keep", "run_seeds", "search_rates", "write_selection"]
 
 REPO = Path(__file__).resolve().parents[2]
 """The repository root: suite commands run from it and name files relative to it."""
@@ -191,3 +192,51 @@ def search_rates(methods: list[str], first_rates: Callable[[str], list[float]],
                       flush=True)
                 pending[method] = [following]
     return scores, files, failed
+
+
+def write_selection(path: Path, title: str, entries: dict[str, dict], *, criterion: str, factors: tuple[float, ...],
+                    step: float, max_extensions: int, sha256: str, script: str) -> None:
+    """Write a suite's selection file: how rates were scored and grown, the backbone, the command
+    that ran, and per method the rates tried with their scores and the one chosen.
+
+    Args:
+        path: The selection file.
+        title: Its first line, a comment saying what it is and what writes it.
+        entries: Per method, its `chosen` rate, its `candidates` and their scores.
+        criterion: How a rate is scored.
+        factors: The initial grid, as factors of the method's group rate.
+        step: The factor between an end rate and the next one past it.
+        max_extensions: Rates that may be added past the initial grid.
+        sha256: The backbone's hash.
+        script: The suite script, as the recorded command names it.
+    """
+    document = {
+        "criterion": criterion,
+        "grid": f"the rate of the method's group in LR_GROUPS times {', '.join(f'{f:.3g}' for f in factors)}; "
+                f"while the best rate is at an end, one more rate {step:g} times past that end "
+                f"(above the highest when every rate scores the same; at most {max_extensions} added)",
+        "backbone_sha256": sha256,
+        "command": shlex.join(["python", script, *sys.argv[1:]]),
+        "methods": dict(sorted(entries.items())),
+    }
+    path.write_text(f"# {title}\n" + yaml.safe_dump(document, sort_keys=False, width=100), encoding="utf-8")
+    print(f"wrote {relative(path)}", flush=True)
+
+
+def adopt(candidate: Path, config: Path, out: Path) -> dict[str, Any]:
+    """Make a winning candidate run the method's seed-0 result, written to `out`.
+
+    The run is kept as measured; only its recorded command changes, to name the committed
+    `config` (written by the caller) and `out`.
+
+    Raises:
+        RuntimeError: If `config` would run something else than the candidate did.
+    """
+    run = json.loads(candidate.read_text(encoding="utf-8"))
+    if not is_same_run(candidate, resolved_config(config, 0), run["backbone_weights"]["sha256"]):
+        raise RuntimeError(f"{candidate}: its config differs from {config}; re-run instead of adopting it")
+    run["command"] = run["command"].replace(relative(candidate.with_suffix(".yaml")), relative(config)).replace(
+        relative(candidate), relative(out))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(run, indent=2) + "\n", encoding="utf-8")
+    return run

@@ -21,8 +21,7 @@ from markupsafe import Markup, escape
 from .chart import BaseNovelPoint, Point, base_novel_svg, scatter_svg
 from .fidelity import PROXY_FOR, proxy_fidelity
 from .kb import (KnowledgeBase, LoadedRow, base_novel_mismatches, config_options, harmonic_mean, in_reference_setting,
-                 task_group_means,
-                 methods_by_title, title_key)
+                 methods_by_title, task_group_means, title_key)
 from .latex import SUBSCRIPTS, SUPERSCRIPTS
 from .mathml import MATH_IN_MARKDOWN, latex_to_mathml
 from .base_novel import finish_row as finish_base_novel_row
@@ -280,6 +279,11 @@ def make_environment() -> Environment:
     return env
 
 
+def setting_text(setting) -> str:
+    """A backbone and its pre-training in words (a reported row or a benchmark's reference setting)."""
+    return f"{setting.backbone}, {setting.checkpoint}"
+
+
 def _row_context(kb: KnowledgeBase, loaded: LoadedRow) -> dict:
     row = loaded.row
     method = kb.methods.get(row.method)
@@ -296,7 +300,7 @@ def _row_context(kb: KnowledgeBase, loaded: LoadedRow) -> dict:
         "file": loaded.file,
         "fingerprint": fingerprint_text(row),
         "anchor": f"{posixpath.splitext(posixpath.basename(loaded.file))[0]}-{loaded.index}",
-        "setting": f"{row.backbone}, {row.checkpoint}",
+        "setting": setting_text(row),
         "in_reference": in_reference_setting(row, benchmark),
     }
 
@@ -393,9 +397,11 @@ def render_pages(kb: KnowledgeBase, extra: dict | None = None) -> dict[str, str]
     libraries = {library.id: library for library in kb.crosswalk.libraries} if kb.crosswalk else {}
     facet_names = {v.id: v.name for values in (categories.facets.prompt_modality,
                                                categories.facets.adapter_role) for v in values}
+    # Every reported row's context, made once: the results pages, the cards and the compare view share them.
+    contexts = [_row_context(kb, loaded) for loaded in kb.results]
     results_by_benchmark: dict[str, list[dict]] = defaultdict(list)
-    for loaded in kb.results:
-        results_by_benchmark[loaded.benchmark].append(_row_context(kb, loaded))
+    for context in contexts:
+        results_by_benchmark[context["benchmark"].id].append(context)
     card_of = {m.impl: m for m in kb.methods.values() if m.impl}
     common = dict(kb=kb, categories=categories, methods_by_subtype=methods_by_subtype, card_of=card_of,
                   insertion_names=insertion_names, application_names=application_names, libraries=libraries,
@@ -414,8 +420,8 @@ def render_pages(kb: KnowledgeBase, extra: dict | None = None) -> dict[str, str]
         pages[path] = env.get_template("category.md.j2").render(page=path, category=category, **common)
     # Reverse indexes built once, so generation stays linear in the number of methods.
     rows_by_method: dict[str, list[dict]] = defaultdict(list)
-    for loaded in kb.results:
-        rows_by_method[loaded.row.method].append(_row_context(kb, loaded))
+    for context in contexts:
+        rows_by_method[context["row"].method].append(context)
     referenced_by: dict[str, set[str]] = defaultdict(set)
     for other in kb.methods.values():
         for relation in other.related:
@@ -471,8 +477,7 @@ def render_pages(kb: KnowledgeBase, extra: dict | None = None) -> dict[str, str]
             disagreements=_disagreements(rows), fidelity=fidelity, optimism=optimism,
             optimism_median=median(p["gap"] for p in optimism) if optimism else None,
             sources=sorted({item["row"].source.bib for item in rows}),
-            reference_text=(f"{benchmark.reference_setting.backbone}, {benchmark.reference_setting.checkpoint}"
-                            if benchmark.reference_setting else ""),
+            reference_text=setting_text(benchmark.reference_setting) if benchmark.reference_setting else "",
             other_settings=sorted({item["setting"] for item in rows if not item["in_reference"]}), **common)
     if kb.impls:
         implemented_by = {m.impl: m for m in kb.methods.values() if m.impl}
@@ -509,7 +514,7 @@ def render_pages(kb: KnowledgeBase, extra: dict | None = None) -> dict[str, str]
     for method in sorted(kb.methods.values(), key=lambda m: (m.name.lower(), m.id)):
         by_year[method.year].append(method)
     pages["compare.md"] = env.get_template("compare.md.j2").render(
-        page="compare.md", compare=compare_data(kb, finder, measured, extra), **common)
+        page="compare.md", compare=compare_data(kb, contexts, finder, measured, extra), **common)
     pages["timeline.md"] = env.get_template("timeline.md.j2").render(
         page="timeline.md", by_year=sorted(by_year.items(), reverse=True), **common)
     pages["applications.md"] = env.get_template("applications.md.j2").render(
@@ -610,39 +615,40 @@ def _inference_text(item: dict | None) -> str | None:
     return text
 
 
-def compare_data(kb: KnowledgeBase, finder: list[dict], measured: list[dict], extra: dict) -> dict:
+def compare_data(kb: KnowledgeBase, contexts: list[dict], finder: list[dict], measured: list[dict],
+                 extra: dict) -> dict:
     """Per method, what the compare view puts side by side (plain values; the page's script lays
-    out the chosen two to four methods)."""
+    out the chosen two to four methods). `contexts` are the reported rows as `_row_context` makes them."""
     assert kb.categories is not None
     insertion = {p.id: p.name for p in kb.categories.insertion_points}
     applications = {a.id: a.name for a in kb.categories.applications}
     reported: dict[str, list[dict]] = defaultdict(list)
-    for loaded in kb.results:
-        if loaded.row.copy_of is not None or loaded.row.base_novel:
+    for context in contexts:
+        row = context["row"]
+        if row.copy_of is not None or row.base_novel:
             continue
-        context = _row_context(kb, loaded)
         means = context["means"]
-        reported[loaded.row.method].append({
-            "benchmark": kb.benchmarks[loaded.benchmark].name,
+        reported[row.method].append({
+            "benchmark": context["benchmark"].name,
             "label": context["label_text"] + ("" if context["in_reference"] else f" ({context['setting']})"),
             "mean_of_tasks": round(means["mean_of_tasks"].value, 2) if means["mean_of_tasks"] else None,
             "mean_of_group_means": (round(means["mean_of_group_means"].value, 2)
                                     if means["mean_of_group_means"] else None),
-            "selection": SELECTION_LABELS[loaded.row.protocol.selection],
-            "fingerprint": (f"{IMAGE_SOURCE_LABELS[loaded.row.protocol.image_source]}, "
-                            f"{NORMALIZATION_LABELS[loaded.row.protocol.normalization]}, "
-                            + ("seeds not stated" if loaded.row.protocol.seeds.count == "not-stated"
-                               else plural(loaded.row.protocol.seeds.count, "seed"))),
-            "source": f"{loaded.row.source.bib}, {loaded.row.source.table}"})
+            "selection": SELECTION_LABELS[row.protocol.selection],
+            "fingerprint": (f"{IMAGE_SOURCE_LABELS[row.protocol.image_source]}, "
+                            f"{NORMALIZATION_LABELS[row.protocol.normalization]}, "
+                            + ("seeds not stated" if row.protocol.seeds.count == "not-stated"
+                               else plural(row.protocol.seeds.count, "seed"))),
+            "source": f"{row.source.bib}, {row.source.table}"})
     reproduced: dict[str, list[dict]] = defaultdict(list)
     by_impl = {m.impl: m.id for m in kb.methods.values() if m.impl}
-    for row in measured:
-        if row["impl"] in by_impl and not row.get("base_novel"):
-            reproduced[by_impl[row["impl"]]].append({
-                "benchmark": kb.benchmarks[row["benchmark"]].name if row["benchmark"] in kb.benchmarks else row["benchmark"],
-                "mean_of_group_means": round(row["mean_of_group_means"], 2),
-                "std": round(row["mean_of_group_means_std"], 2) if row.get("mean_of_group_means_std") is not None else None,
-                "seeds": len(row["seeds"])})
+    for run in measured:
+        if run["impl"] in by_impl and not run.get("base_novel"):
+            reproduced[by_impl[run["impl"]]].append({
+                "benchmark": kb.benchmarks[run["benchmark"]].name if run["benchmark"] in kb.benchmarks else run["benchmark"],
+                "mean_of_group_means": round(run["mean_of_group_means"], 2),
+                "std": round(run["mean_of_group_means_std"], 2) if run.get("mean_of_group_means_std") is not None else None,
+                "seeds": len(run["seeds"])})
     efficiency = {}
     document = extra.get("efficiency") or {}
     for item in document.get("methods", []) if isinstance(document.get("methods"), list) else []:

@@ -133,12 +133,21 @@ def encode_token_embeddings(model: nn.Module, embeddings: torch.Tensor, tokens: 
 
     Returns:
         `(n, embed_dim)` text features (not normalized).
+
+    With CLIP's causal attention mask, the positions after the batch's last end-of-text token
+    cannot reach any end-of-text output, so they are not computed: a short prompt in a 77-token
+    context costs its own length, with the same features.
     """
-    x = embeddings + model.positional_embedding.to(embeddings.dtype)
-    x = model.transformer(x, attn_mask=model.attn_mask)
+    ends = tokens.argmax(dim=-1)
+    length, mask = embeddings.shape[1], model.attn_mask
+    if mask is not None:
+        length = int(ends.max()) + 1
+        mask = mask[:length, :length]
+    x = embeddings[:, :length] + model.positional_embedding[:length].to(embeddings.dtype)
+    x = model.transformer(x, attn_mask=mask)
     x = model.ln_final(x)
     # the feature of a sentence is the end-of-text token's output
-    x = x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1)]
+    x = x[torch.arange(x.shape[0], device=x.device), ends]
     projection = model.text_projection
     return projection(x) if isinstance(projection, nn.Linear) else x @ projection
 

@@ -141,3 +141,25 @@ def test_without_open_clip_a_method_says_how_to_install_it(monkeypatch: pytest.M
             ri.apply(model, "coop", classnames=CLASSNAMES)
     finally:
         clip._tokenizer.cache_clear()
+
+
+def test_text_encoder_skips_positions_after_the_last_end_token_with_the_same_features() -> None:
+    """Causal attention: cutting every position after the batch's last end-of-text token changes no
+    feature (float64, against open_clip's own `encode_text` over the full context), and fewer
+    positions are run. Every weight is moved off its initialization (zero biases included)."""
+    from reference_impls.clip import encode_tokens, tokenize
+
+    model = build_clip().double()
+    generator = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.1 * torch.randn(parameter.shape, generator=generator, dtype=parameter.dtype))
+    tokens = tokenize(model, ["a cat.", "a photo of a small red dog."])
+    lengths: list[int] = []
+    handle = model.transformer.register_forward_hook(lambda module, args, output: lengths.append(output.shape[1]))
+    with torch.no_grad():
+        ours = encode_tokens(model, tokens)
+        handle.remove()
+        theirs = model.encode_text(tokens)
+    assert lengths == [int(tokens.argmax(dim=-1).max()) + 1] and lengths[0] < tokens.shape[1]
+    torch.testing.assert_close(ours, theirs, atol=TOL["zero_shot"], rtol=0.0)

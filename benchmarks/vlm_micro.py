@@ -24,11 +24,19 @@ result. Methods with nothing to train (zero-shot CLIP, Tip-Adapter) have no rate
 Every method then runs with the seeds of `SEEDS`; a run already there with the same config and
 seed on the same CLIP model is kept, so an interrupted suite resumes.
 
+A change to the benchmark's design is tried first as a trial of `DEV_TRIALS` on the development
+split, `turned-dev` (other base and novel shapes, other images) with the seeds of `DEV_SEEDS`, at
+the committed rates: `--dev TRIAL` writes its configs and runs into
+`benchmarks/trials/vlm-micro-dev/<trial>/` and prints each method's mean Base and Novel there.
+The rule for adopting a trial is fixed before it runs (see `DEV_RULE`), so the benchmark's novel
+classes are looked at once, after the design is chosen.
+
 Usage (paths are relative to the repository):
 
     python benchmarks/vlm_micro.py --select-lr --jobs 2   # choose the rates, then every seed
     python benchmarks/vlm_micro.py --jobs 2               # every seed at the chosen rates
     python benchmarks/vlm_micro.py --methods coop cocoop --seeds 0
+    python benchmarks/vlm_micro.py --dev suite --jobs 2   # the benchmark's design on the development split
 
 `--jobs N` runs N trainings at once, each with cores/N torch threads (`--threads` to set them;
 results depend on the thread count, which every run records).
@@ -54,6 +62,7 @@ MEASURED = REPO / "benchmarks" / "measured" / "vlm-micro"
 CANDIDATES = REPO / "build" / "vlm-micro-lr"
 SELECTED = CONFIGS / "vlm-micro-lr.yaml"
 CONFIG_NAME = "vlm-micro.yaml"
+TRIALS = REPO / "benchmarks" / "trials" / "vlm-micro-dev"
 
 TRAIN: dict[str, Any] = {
     "epochs": 5,
@@ -95,6 +104,24 @@ LR_STEP = 3.0
 MAX_EXTENSIONS = 3
 SEEDS = (0, 1, 2)
 """Seeds of the suite; every reported number is their mean, with their standard deviation."""
+
+DEV_TRIALS: dict[str, dict[str, Any]] = {
+    "suite": {"why": "the benchmark's design as it is, every method: does what it shows hold on other classes?"},
+    "coop-own-schedule": {
+        "why": "CoOp with the schedule of its own config (configs/trainers/CoOp/vit_b16.yaml of KaiyangZhou/CoOp: "
+               "200 epochs in batches of 32), the schedule behind the CoOp rows of the papers' base-to-novel "
+               "tables (the MaPLe README gives CoOp 200 epochs); the rate stays the committed one",
+        "methods": ["coop"], "train": {"epochs": 200, "batch_size": 32}},
+    "coop-random-context": {
+        "why": "CoOp's context drawn at random, N(0, 0.02^2), instead of starting from 'a photo of a' (the "
+               "paper's other initialization), with 8 vectors (its 16 do not fit the 16 token positions)",
+        "methods": ["coop"], "options": {"init_text": None, "n_ctx": 8}},
+}
+"""Design trials on the development split: why each is tried, which methods it runs (default: all)
+and what it changes in their configs (`train` settings, method `options`)."""
+DEV_RULE = ("a trial's change is adopted for the benchmark only if, on turned-dev over the dev seeds, CoOp's mean "
+            "novel accuracy falls more than 1 point below zero-shot CLIP's while its base accuracy rises")
+"""The rule for adopting a trial, fixed before any trial ran."""
 
 HEADER = """\
 # {method} on the VLM-micro CLIP, base-to-novel on the `turned` task, on a CPU.
@@ -190,6 +217,54 @@ def write_config(path: Path, method: str, out: Path, lr: float | None = None, wh
         print(f"wrote {_relative(path)}", flush=True)
 
 
+def dev_experiment(method: str, trial: str) -> dict[str, Any]:
+    """A method's config in a design trial: its benchmark config on `turned-dev` with the trial's changes."""
+    changes = DEV_TRIALS[trial]
+    data = experiment(method)
+    data["description"] = f"{method} on VLM-micro's development split, trial {trial}"
+    data["data"]["tasks"] = ["turned-dev"]
+    data["train"].update(changes.get("train", {}))
+    data["method"]["options"].update(changes.get("options", {}))
+    return data
+
+
+def run_trial(trial: str, chosen: list[str], jobs: int, threads: int, sha256: str) -> list[str]:
+    """Run a design trial's methods with every dev seed; print mean Base and Novel; return the methods that failed."""
+    from peft_atlas.bench.config import parse_config
+    from peft_atlas.bench.vlm_micro import DEV_SEEDS
+
+    directory = TRIALS / trial
+    configs = {}
+    for method in DEV_TRIALS[trial].get("methods", chosen):
+        data = dev_experiment(method, trial)
+        path = directory / f"{method}.yaml"
+        parse_config(data, str(path))
+        text = (f"# {method}, VLM-micro design trial {trial!r}: {DEV_TRIALS[trial]['why']}.\n"
+                f"# Written by benchmarks/vlm_micro.py --dev {trial}; run with seeds {list(DEV_SEEDS)}.\n"
+                + yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=100))
+        directory.mkdir(parents=True, exist_ok=True)
+        if not path.is_file() or path.read_text(encoding="utf-8") != text:
+            path.write_text(text, encoding="utf-8")
+        configs[method] = (path, directory)
+    failed = lr_search.run_seeds(configs, list(DEV_SEEDS), sha256, jobs=jobs, threads=threads)
+    for method in configs:
+        if method not in failed:
+            print(trial_summary(directory, method, DEV_SEEDS), flush=True)
+    return sorted(failed)
+
+
+def trial_summary(directory: Path, method: str, seeds: tuple[int, ...]) -> str:
+    """One line: a method's mean Base and Novel (and their spread) over the seeds' runs in `directory`."""
+    import json
+    import statistics
+
+    runs = [json.loads(measured_path(directory, method, seed).read_text(encoding="utf-8")) for seed in seeds]
+    base = [run["tasks"][0]["top1"] for run in runs]
+    novel = [run["tasks"][0]["novel"]["top1"] for run in runs]
+    return (f"{method}: base {statistics.mean(base):.2f} ± {statistics.stdev(base):.2f}, "
+            f"novel {statistics.mean(novel):.2f} ± {statistics.stdev(novel):.2f} (seeds {', '.join(map(str, seeds))})")
+
+
 def select_learning_rates(chosen: list[str], jobs: int, threads: int, sha256: str) -> list[str]:
     """Run the candidate rates of every method that trains, record the choice, keep the winners' runs.
 
@@ -242,6 +317,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, help="torch threads of each run (default: cores/jobs)")
     parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS), metavar="SEED",
                         help=f"default: {' '.join(map(str, SEEDS))}")
+    parser.add_argument("--dev", choices=sorted(DEV_TRIALS), metavar="TRIAL",
+                        help=f"run a design trial on the development split instead: {', '.join(DEV_TRIALS)}")
     args = parser.parse_args(argv)
     registered = methods()
     chosen = args.methods or registered
@@ -254,6 +331,10 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     weights = vlm_micro_weights(quiet=False)
     print(f"CLIP model: {weights.path} ({weights.origin}, sha256 {weights.sha256[:12]})", flush=True)
+    if args.dev:
+        failed = run_trial(args.dev, chosen, jobs, threads, weights.sha256)
+        print(f"trial {args.dev} in {time.perf_counter() - started:.0f} s" + (f"; failed: {', '.join(failed)}" if failed else ""))
+        return 1 if failed else 0
     failed = (select_learning_rates([m for m in chosen if trains(m)], jobs, threads, weights.sha256)
               if args.select_lr else [])
     configs = {}

@@ -89,8 +89,8 @@ OPTIONS: dict[str, dict[str, Any]] = {
 """Options that differ from a method's defaults. CoOp: the context starts from "a photo of a" (the
 config CoCoOp's base-to-novel scripts name for CoOp). ProGrad: 4 context vectors, which start as
 "a photo of a" (its default of 16 does not fit the text encoder's 16 token positions). MaPLe:
-prompts in the first 2 of the 3 text blocks (its default depth of 9 exceeds the small model's
-towers)."""
+prompts in the first 2 blocks of each tower (its default depth of 9 exceeds the small model's 4
+vision and 6 text blocks; the depth was set for the first benchmark's 3 text blocks and kept)."""
 
 LR_GROUPS: dict[float, tuple[str, ...]] = {
     0.03: ("coop", "cocoop", "kgcoop", "prograd", "maple", "vpt-clip"),
@@ -105,20 +105,34 @@ MAX_EXTENSIONS = 3
 SEEDS = (0, 1, 2)
 """Seeds of the suite; every reported number is their mean, with their standard deviation."""
 
+RATES_TEXT_3X64 = {"clip-adapter": 0.09, "cocoop": 0.03, "coop": 0.03, "kgcoop": 0.09, "maple": 0.01, "prograd": 0.01,
+                   "taskres": 0.81, "tip-adapter-f": 0.09, "vpt-clip": 0.03}
+"""The rates `--select-lr` chose on the validation split for the first benchmark, on the `text-3x64`
+CLIP (the selection file at the commit that added the design trials); every trial runs at them."""
+
 DEV_TRIALS: dict[str, dict[str, Any]] = {
-    "suite": {"why": "the benchmark's design as it is, every method: does what it shows hold on other classes?"},
+    "suite": {"why": "the benchmark's first design as it was (the text-3x64 CLIP), every method, to see whether "
+                     "what it showed holds on other classes", "recipe": "text-3x64"},
     "coop-own-schedule": {
-        "why": "CoOp with the schedule of its own config (configs/trainers/CoOp/vit_b16.yaml of KaiyangZhou/CoOp: "
-               "200 epochs in batches of 32), the schedule behind the CoOp rows of the papers' base-to-novel "
-               "tables (the MaPLe README gives CoOp 200 epochs); the rate stays the committed one",
-        "methods": ["coop"], "train": {"epochs": 200, "batch_size": 32}},
+        "why": "CoOp with the schedule of its own config (configs/trainers/CoOp/vit_b16.yaml of KaiyangZhou/CoOp "
+               "at ff61507: 200 epochs in batches of 32), the schedule behind the CoOp rows of the papers' "
+               "base-to-novel tables (the MaPLe README gives CoOp 200 epochs); the rate stays the committed one",
+        "methods": ["coop"], "train": {"epochs": 200, "batch_size": 32}, "recipe": "text-3x64"},
     "coop-random-context": {
-        "why": "CoOp's context drawn at random, N(0, 0.02^2), instead of starting from 'a photo of a' (the "
-               "paper's other initialization), with 8 vectors (its 16 do not fit the 16 token positions)",
-        "methods": ["coop"], "options": {"init_text": None, "n_ctx": 8}},
+        "why": "CoOp's context drawn at random, N(0, 0.02^2), instead of starting from 'a photo of a', as in "
+               "CoOp's own configs (configs/trainers/CoOp/vit_b16.yaml at ff61507 sets no CTX_INIT), with 8 "
+               "vectors (16 do not fit the 16 token positions)",
+        "methods": ["coop"], "options": {"init_text": None, "n_ctx": 8}, "recipe": "text-3x64"},
+    "text-6x128": {
+        "why": "a text encoder of 6 blocks of width 128 instead of 3 of width 64 (recipe text-6x128): with the "
+               "small one CoOp's learned context moved the base classes' text features but hardly the novel ones' "
+               "(benchmarks/vlm_micro_drift.py), as if context and class name interacted too little; CLIP's has 12 "
+               "blocks of width 512",
+        "methods": ["zero-shot-clip", "coop", "kgcoop", "cocoop"], "recipe": "text-6x128"},
 }
-"""Design trials on the development split: why each is tried, which methods it runs (default: all)
-and what it changes in their configs (`train` settings, method `options`)."""
+"""Design trials on the development split: why each is tried, which methods it runs (default: all),
+the CLIP recipe it runs on, and what it changes in their configs (`train` settings, method
+`options`). Every trial runs at the rates of `RATES_TEXT_3X64`."""
 DEV_RULE = ("a trial's change is adopted for the benchmark only if, on turned-dev over the dev seeds, CoOp's mean "
             "novel accuracy falls more than 1 point below zero-shot CLIP's while its base accuracy rises")
 """The rule for adopting a trial, fixed before any trial ran."""
@@ -220,8 +234,9 @@ def write_config(path: Path, method: str, out: Path, lr: float | None = None, wh
 def dev_experiment(method: str, trial: str) -> dict[str, Any]:
     """A method's config in a design trial: its benchmark config on `turned-dev` with the trial's changes."""
     changes = DEV_TRIALS[trial]
-    data = experiment(method)
+    data = experiment(method, RATES_TEXT_3X64.get(method, DEFAULT_LR))
     data["description"] = f"{method} on VLM-micro's development split, trial {trial}"
+    data["backbone"]["recipe"] = changes["recipe"]
     data["data"]["tasks"] = ["turned-dev"]
     data["train"].update(changes.get("train", {}))
     data["method"]["options"].update(changes.get("options", {}))
@@ -239,7 +254,7 @@ def run_trial(trial: str, chosen: list[str], jobs: int, threads: int, sha256: st
         data = dev_experiment(method, trial)
         path = directory / f"{method}.yaml"
         parse_config(data, str(path))
-        text = (f"# {method}, VLM-micro design trial {trial!r}: {DEV_TRIALS[trial]['why']}.\n"
+        text = (f"# {method}, VLM-micro design trial {trial!r}: {DEV_TRIALS[trial]['why']}\n"
                 f"# Written by benchmarks/vlm_micro.py --dev {trial}; run with seeds {list(DEV_SEEDS)}.\n"
                 + yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=100))
         directory.mkdir(parents=True, exist_ok=True)
@@ -308,7 +323,7 @@ def _adopt(method: str, candidate: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the suite; return 1 if any method failed."""
-    from peft_atlas.bench.vlm_micro import vlm_micro_weights
+    from peft_atlas.bench.vlm_micro import recipe_config, vlm_micro_weights
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", nargs="+", metavar="METHOD", help="default: every vision-language method")
@@ -329,7 +344,8 @@ def main(argv: list[str] | None = None) -> int:
     threads = args.threads or max(1, (os.cpu_count() or 1) // jobs)
 
     started = time.perf_counter()
-    weights = vlm_micro_weights(quiet=False)
+    recipe = recipe_config(DEV_TRIALS[args.dev]["recipe"] if args.dev else None)
+    weights = vlm_micro_weights(recipe, quiet=False)
     print(f"CLIP model: {weights.path} ({weights.origin}, sha256 {weights.sha256[:12]})", flush=True)
     if args.dev:
         failed = run_trial(args.dev, chosen, jobs, threads, weights.sha256)

@@ -52,7 +52,7 @@ def test_the_seed_draws_the_shots_and_nothing_else(task) -> None:
     assert other.fingerprint != task.fingerprint and not torch.equal(other.train.images, task.train.images)
     for split in ("val", "test", "novel_test"):
         assert torch.equal(getattr(other, split).images, getattr(task, split).images), split
-    with pytest.raises(KeyError, match="valid tasks: turned, shapes"):
+    with pytest.raises(KeyError, match="valid tasks: turned, shapes, turned-dev"):
         vlm_micro.load_vlm_micro_task("cifar")
 
 
@@ -133,20 +133,25 @@ def test_pretraining_is_deterministic_and_keeps_only_the_rows_it_trained() -> No
 
 def test_the_key_follows_the_recipe_and_the_code() -> None:
     key = vlm_micro_pretrain.checkpoint_key(vlm_micro.DEFAULT_PRETRAIN)
-    assert key == vlm_micro_pretrain.checkpoint_key(vlm_micro_pretrain.VlmPretrainConfig())
+    same = vlm_micro_pretrain.VlmPretrainConfig(text_cfg=dict(vlm_micro.RECIPES["text-6x128"].text_cfg))
+    assert key == vlm_micro_pretrain.checkpoint_key(same)
+    assert key != vlm_micro_pretrain.checkpoint_key(vlm_micro.RECIPES["text-3x64"])
     assert key != vlm_micro_pretrain.checkpoint_key(replace(vlm_micro.DEFAULT_PRETRAIN, steps=401))
     with pytest.raises(ValueError, match="image_size must be 32"):
         vlm_micro_pretrain.VlmPretrainConfig(vision_cfg={"image_size": 64, "patch_size": 8, "width": 8, "layers": 1})
 
 
-def test_the_benchmark_recipe_has_its_committed_clip_model() -> None:
-    key = vlm_micro_pretrain.checkpoint_key(vlm_micro.DEFAULT_PRETRAIN)
+@pytest.mark.parametrize("recipe", sorted(vlm_micro.RECIPES))
+def test_every_recipe_has_its_committed_clip_model(recipe: str) -> None:
+    config = vlm_micro.RECIPES[recipe]
+    key = vlm_micro_pretrain.checkpoint_key(config)
     weights = vlm_micro.committed_backbone(key, vlm_micro.COMMITTED_DIR)  # also verifies the hash
     assert weights is not None, (
-        f"no committed VLM-micro CLIP for recipe key {key} in {vlm_micro.COMMITTED_DIR}: the pretraining config, "
-        "pretraining code or renderer changed; run `python -m peft_atlas.bench.vlm_micro --commit` and re-run the suite")
+        f"no committed VLM-micro CLIP for recipe {recipe} (key {key}) in {vlm_micro.COMMITTED_DIR}: the pretraining "
+        f"config, pretraining code or renderer changed; run `python -m peft_atlas.bench.vlm_micro --recipe {recipe} "
+        "--commit` and re-run the suite")
     record = json.loads(weights.path.with_suffix(".json").read_text())
-    assert record["config"] == vlm_micro.DEFAULT_PRETRAIN.to_json() and record["key"] == key
+    assert record["config"] == config.to_json() and record["key"] == key
 
 
 def _suite():
@@ -224,3 +229,76 @@ def test_a_method_runs_base_to_novel_on_vlm_micro() -> None:
     assert result.selected_epoch == 0 and result.novel.reinitialized == []
     chance = 100 / 32
     assert result.top1 > 2 * chance and result.novel.top1 > 2 * chance  # the pretrained model knows the words
+
+
+def test_the_development_split_shares_no_class_half_image_or_seed_with_the_benchmark() -> None:
+    """`turned-dev` cuts the shapes another way, draws its own images and runs its own seeds."""
+    suite = _suite()
+    dev, benchmark = vlm_micro.load_vlm_micro_task("turned-dev", 100), vlm_micro.load_vlm_micro_task("turned", 0)
+    shapes = {name.split()[1] for name in dev.classnames}
+    assert shapes == {"circle", "triangle", "diamond", "ring"}
+    assert {name.split()[1] for name in dev.novel_classnames} == {"square", "cross", "star", "heart"}
+    assert len(dev.classnames) == len(dev.novel_classnames) == 32 and not set(dev.classnames) & set(dev.novel_classnames)
+    assert shapes != {name.split()[1] for name in benchmark.classnames}
+    assert "the development split" in dev.source and "(circle, triangle, diamond, ring)" in dev.source
+    assert not set(vlm_micro.DEV_SEEDS) & set(suite.SEEDS)
+    # the same red circles (label 0 of both) are drawn from other streams
+    assert not torch.equal(dev.test.images[:25], benchmark.test.images[:25])
+    assert torch.equal(dev.test.labels, benchmark.test.labels)
+
+
+def test_committed_benchmark_runs_were_made_on_the_images_the_task_draws_today() -> None:
+    """Every committed run's dataset fingerprint is the one `turned` gives for its seed now."""
+    suite = _suite()
+    runs = [json.loads(path.read_text()) for path in sorted(suite.MEASURED.glob("*.json"))]
+    if not runs:
+        pytest.skip("no committed VLM-micro run yet")
+    expected = {seed: vlm_micro.load_vlm_micro_task("turned", seed).fingerprint for seed in {r["seed"] for r in runs}}
+    for run in runs:
+        assert run["tasks"][0]["dataset_fingerprint"] == expected[run["seed"]], (run["method"], run["seed"])
+
+
+def test_design_trials_change_only_what_they_say_on_the_development_split() -> None:
+    suite = _suite()
+    assert "suite" in suite.DEV_TRIALS and "1 point" in suite.DEV_RULE
+    for trial, changes in suite.DEV_TRIALS.items():
+        assert changes["recipe"] in vlm_micro.RECIPES, trial
+        for method in changes.get("methods", suite.methods()):
+            data, benchmark = suite.dev_experiment(method, trial), suite.experiment(method)
+            assert data["data"]["tasks"] == ["turned-dev"] and data["backbone"]["recipe"] == changes["recipe"]
+            expected_train = {**benchmark["train"], "lr": suite.RATES_TEXT_3X64.get(method, suite.DEFAULT_LR),
+                              **changes.get("train", {})}
+            assert data["train"] == expected_train, (trial, method)
+            assert data["method"]["options"] == {**benchmark["method"]["options"], **changes.get("options", {})}
+    own = suite.dev_experiment("coop", "coop-own-schedule")["train"]
+    assert (own["epochs"], own["batch_size"]) == (200, 32)
+
+
+def test_the_config_schema_knows_every_recipe() -> None:
+    import typing
+
+    from peft_atlas.bench.config import VlmMicroRecipe
+
+    assert set(typing.get_args(VlmMicroRecipe)) == set(vlm_micro.RECIPES)
+    assert vlm_micro.DEFAULT_PRETRAIN == vlm_micro.RECIPES[vlm_micro.DEFAULT_RECIPE]
+    with pytest.raises(KeyError, match="valid recipes: text-3x64, text-6x128"):
+        vlm_micro.recipe_config("text-1x1")
+
+
+def test_committed_trial_runs_are_their_configs_on_their_recipes_model() -> None:
+    suite = _suite()
+    runs = sorted(suite.TRIALS.glob("*/*.json"))
+    if not runs:
+        pytest.skip("no committed design trial yet")
+    sha = {name: vlm_micro.committed_backbone(vlm_micro_pretrain.checkpoint_key(config), vlm_micro.COMMITTED_DIR)
+           for name, config in vlm_micro.RECIPES.items()}
+    for path in runs:
+        run = json.loads(path.read_text())
+        trial = path.parent.name
+        assert path.name == f"{run['method']}-seed{run['seed']}.json" and run["seed"] in vlm_micro.DEV_SEEDS
+        expected = suite.dev_experiment(run["method"], trial)
+        assert run["config"]["data"]["tasks"] == ["turned-dev"], path
+        assert run["config"]["backbone"]["recipe"] == expected["backbone"]["recipe"], path
+        assert {**run["config"]["train"], **expected["train"]} == run["config"]["train"], path  # the rest: defaults
+        assert run["config"]["method"]["options"] == expected["method"]["options"], path
+        assert run["backbone_weights"]["sha256"] == sha[expected["backbone"]["recipe"]].sha256, path

@@ -41,10 +41,11 @@ def build_clip(config: ClipBackboneConfig) -> nn.Module:
     """
     open_clip = _open_clip()
     if config.clip == "vlm-micro":
-        from .vlm_micro import build_vlm_micro, vlm_micro_weights
+        from .vlm_micro import build_vlm_micro, recipe_config, vlm_micro_weights
 
+        recipe = recipe_config(config.recipe)
         try:
-            return build_vlm_micro(vlm_micro_weights().path)
+            return build_vlm_micro(vlm_micro_weights(recipe).path, recipe)
         except (CheckpointHashError, ValueError) as error:
             raise BackboneError(str(error)) from None
     described = f"CLIP {config.clip}" + (f" {config.model_cfg}" if config.model_cfg else "")
@@ -74,9 +75,9 @@ def clip_weights_record(config: ClipBackboneConfig) -> BackboneWeightsRecord | N
     """The weights file a CLIP backbone loads, by content (None for random weights, or an open_clip
     download whose file cannot be located)."""
     if config.clip == "vlm-micro":
-        from .vlm_micro import vlm_micro_weights
+        from .vlm_micro import recipe_config, vlm_micro_weights
 
-        weights = vlm_micro_weights()
+        weights = vlm_micro_weights(recipe_config(config.recipe))
         return BackboneWeightsRecord(checkpoint="vlm-micro", sha256=weights.sha256, origin=weights.origin,
                                      key=weights.key)
     if config.checkpoint is not None:

@@ -57,6 +57,9 @@ CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 the CLIP protocols on folders."""
 
 VIT_KINDS = ("vtab-1k", "micro")
+VlmMicroRecipe = Literal["text-3x64", "text-6x128"]
+"""The pretraining recipes of the VLM-micro CLIP (`peft_atlas.bench.vlm_micro.RECIPES`, which a test
+keeps equal to this list; here so that a config is checked without torch)."""
 CLIP_KINDS = ("clip-few-shot", "clip-base-to-novel", "vlm-micro")
 """Data kinds of the vision-language protocols: they train a CLIP method on a CLIP backbone."""
 DataKind = Literal["vtab-1k", "micro", "clip-few-shot", "clip-base-to-novel", "vlm-micro"]
@@ -168,12 +171,15 @@ class ClipBackboneConfig(_Section):
             or a custom one is randomly initialized.
         model_cfg: With `clip: custom`: the arguments of `open_clip.CLIP` (`embed_dim`,
             `vision_cfg`, `text_cfg`, ...).
+        recipe: With `clip: vlm-micro`: which pretraining recipe's model (a key of
+            `peft_atlas.bench.vlm_micro.RECIPES`); unset, the benchmark's.
     """
 
     clip: str
     pretrained: str | None = None
     checkpoint: str | None = None
     model_cfg: dict[str, Any] | None = None
+    recipe: VlmMicroRecipe | None = None
 
     @field_validator("clip")
     @classmethod
@@ -207,6 +213,8 @@ class ClipBackboneConfig(_Section):
                 raise ValueError("clip: custom has no open_clip pretrained tag; give a checkpoint instead")
         elif self.model_cfg is not None:
             raise ValueError(f"model_cfg is only read with clip: custom (clip is {self.clip!r})")
+        if self.recipe is not None and self.clip != "vlm-micro":
+            raise ValueError(f"recipe is only read with clip: vlm-micro (clip is {self.clip!r})")
         if self.pretrained is not None:
             import open_clip
 

@@ -60,8 +60,10 @@ def test_a_clip_config_takes_the_clip_defaults(data_root: Path) -> None:
     ("custom-without-cfg", "backbone", "clip: custom needs model_cfg"),
     ("shots-on-vtab", "data.shots", "shots are read by the CLIP protocols only"),
     ("bad-option", "method.options", "n_ctxx"),
-    ("clip-field", "backbone.pretrain", "unknown field 'pretrain' (expected one of: clip, pretrained, checkpoint, model_cfg)"),
+    ("clip-field", "backbone.pretrain", "unknown field 'pretrain' (expected one of: clip, pretrained, checkpoint, model_cfg, recipe)"),
     ("timm-field", "backbone.pretrain", "unknown field 'pretrain' (expected one of: model, pretrained, checkpoint"),
+    ("recipe-off-micro", "backbone", "recipe is only read with clip: vlm-micro (clip is 'ViT-B-16')"),
+    ("unknown-recipe", "backbone.recipe", "Input should be 'text-3x64' or 'text-6x128'"),
 ])
 def test_a_config_that_does_not_fit_its_kind_names_file_line_and_field(
         tmp_path: Path, case: str, field: str, expected: str) -> None:
@@ -91,6 +93,10 @@ def test_a_config_that_does_not_fit_its_kind_names_file_line_and_field(
         config["method"]["options"] = {"n_ctxx": 3}
     elif case == "clip-field":
         config["backbone"] = {"clip": "ViT-B-16", "pretrain": "openai"}
+    elif case == "recipe-off-micro":
+        config["backbone"] = {"clip": "ViT-B-16", "recipe": "text-3x64"}
+    elif case == "unknown-recipe":
+        config["backbone"] = {"clip": "vlm-micro", "recipe": "text-9x9"}
     elif case == "timm-field":  # the timm backbone of a ViT run still lists its own fields
         config["method"] = {"name": "lora"}
         config["backbone"] = {"model": "vit_tiny_patch16_224", "pretrain": True}

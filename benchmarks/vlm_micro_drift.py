@@ -29,8 +29,12 @@ PROMPT_METHODS = ("coop", "kgcoop", "prograd", "maple")
 """Methods whose class features do not depend on the image, so each class has one feature."""
 
 
-def drift(method: str, seed: int, trial: str = "suite") -> dict[str, dict[str, float]]:
-    """Train `method` as in design `trial` with `seed`; per class half, the cosine of learned to hand-written features and both accuracies."""
+def drift(method: str, seed: int, trial: str = "suite", *, train: bool = True) -> dict[str, dict[str, float]]:
+    """Train `method` as in design `trial` with `seed`; per class half, the cosine of learned to hand-written features and both accuracies.
+
+    With `train=False` the method is measured as applied (CoOp's context is then the words of "a
+    photo of a", so its features are the hand-written prompt's).
+    """
     from reference_impls.clip import encode_tokens, tokenize
 
     from peft_atlas.bench.clip_backbone import build_clip
@@ -51,7 +55,8 @@ def drift(method: str, seed: int, trial: str = "suite") -> dict[str, dict[str, f
 
     model = build()
     apply_clip_method(model, config, task.classnames, task.train)
-    train_clip(model, config, task, torch.device("cpu"), quiet=True)
+    if train:
+        train_clip(model, config, task, torch.device("cpu"), quiet=True)
     novel_model, _ = transfer_to_classes(model, build, task.novel_classnames)
     result = {}
     with torch.no_grad():

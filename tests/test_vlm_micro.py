@@ -302,3 +302,16 @@ def test_committed_trial_runs_are_their_configs_on_their_recipes_model() -> None
         assert {**run["config"]["train"], **expected["train"]} == run["config"]["train"], path  # the rest: defaults
         assert run["config"]["method"]["options"] == expected["method"]["options"], path
         assert run["backbone_weights"]["sha256"] == sha[expected["backbone"]["recipe"]].sha256, path
+
+
+def test_the_drift_of_an_untrained_coop_prompt_is_none() -> None:
+    """CoOp's context starts as the words "a photo of a": before training, every class feature is the
+    hand-written prompt's (cosine 1 up to float32 rounding of the normalization) and both
+    classifiers agree on every test image, base and novel."""
+    spec = importlib.util.spec_from_file_location("vlm_micro_drift", REPO / "benchmarks" / "vlm_micro_drift.py")
+    drift = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(drift)
+    result = drift.drift("coop", 100, "suite", train=False)
+    for half in ("base", "novel"):
+        assert result[half]["cos_min"] == pytest.approx(1.0, abs=1e-5), half
+        assert result[half]["top1_learned"] == result[half]["top1_hand"], half

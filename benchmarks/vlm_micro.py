@@ -50,7 +50,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from peft_atlas.bench import lr_search
 from peft_atlas.bench.lr_search import choose, measured_path
@@ -216,19 +215,12 @@ def experiment(method: str, lr: float | None = None) -> dict[str, Any]:
 
 def write_config(path: Path, method: str, out: Path, lr: float | None = None, why: str | None = None) -> None:
     """Write a method's config (only if its text changed), checked by the config schema."""
-    from peft_atlas.bench.config import parse_config
-
     data = experiment(method, lr)
-    parse_config(data, str(path))  # raises ConfigError, naming the field, if a table above is wrong
     if lr is None:
         lr, why = learning_rate(method)
     header = HEADER.format(method=method, lr=lr, why=why, config=_relative(path),
                            out=_relative(out).replace("-seed0.json", "-seedN.json"))
-    text = header + yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=100)
-    if not path.is_file() or path.read_text(encoding="utf-8") != text:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
-        print(f"wrote {_relative(path)}", flush=True)
+    lr_search.write_config_file(path, header, data)
 
 
 def dev_experiment(method: str, trial: str) -> dict[str, Any]:
@@ -245,21 +237,15 @@ def dev_experiment(method: str, trial: str) -> dict[str, Any]:
 
 def run_trial(trial: str, chosen: list[str], jobs: int, threads: int, sha256: str) -> list[str]:
     """Run a design trial's methods with every dev seed; print mean Base and Novel; return the methods that failed."""
-    from peft_atlas.bench.config import parse_config
     from peft_atlas.bench.vlm_micro import DEV_SEEDS
 
     directory = TRIALS / trial
     configs = {}
     for method in DEV_TRIALS[trial].get("methods", chosen):
-        data = dev_experiment(method, trial)
         path = directory / f"{method}.yaml"
-        parse_config(data, str(path))
-        text = (f"# {method}, VLM-micro design trial {trial!r}: {DEV_TRIALS[trial]['why']}\n"
-                f"# Written by benchmarks/vlm_micro.py --dev {trial}; run with seeds {list(DEV_SEEDS)}.\n"
-                + yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=100))
-        directory.mkdir(parents=True, exist_ok=True)
-        if not path.is_file() or path.read_text(encoding="utf-8") != text:
-            path.write_text(text, encoding="utf-8")
+        header = (f"# {method}, VLM-micro design trial {trial!r}: {DEV_TRIALS[trial]['why']}\n"
+                  f"# Written by benchmarks/vlm_micro.py --dev {trial}; run with seeds {list(DEV_SEEDS)}.\n")
+        lr_search.write_config_file(path, header, dev_experiment(method, trial))
         configs[method] = (path, directory)
     failed = lr_search.run_seeds(configs, list(DEV_SEEDS), sha256, jobs=jobs, threads=threads)
     for method in configs:

@@ -1,7 +1,8 @@
 """How far a prompt method moves the class features of VLM-micro's CLIP, base and novel classes apart.
 
-KgCoOp's explanation of CoOp's loss on novel classes is that the learned prompt moves their text
-features away from those of the hand-written prompt. This script measures that distance on the
+KgCoOp's explanation of CoOp's loss on novel classes (the README of htyao89/KgCoOp at c43ccc3)
+is that the degradation follows the distance between the learned prompt's text features and the
+hand-written prompt's. This script measures that distance on the
 development split, `turned-dev`, so that it never looks at the benchmark's novel classes: it
 trains a method with its config in a design trial (its CLIP recipe and rate) for each dev seed,
 as the trial does, and prints for the base and the novel classes the mean and the lowest cosine similarity

@@ -47,7 +47,6 @@ import time
 from pathlib import Path
 from statistics import fmean
 
-import yaml
 
 from peft_atlas.bench import lr_search
 from peft_atlas.bench.config import default_method_options
@@ -159,19 +158,11 @@ def experiment(method: str, tasks: list[str], lr: float | None = None) -> dict[s
 def write_config(path: Path, method: str, tasks: list[str], out: Path, lr: float | None = None,
                  why: str | None = None) -> None:
     """Write a method's config (only if its text changed), checked by the config schema."""
-    from peft_atlas.bench.config import parse_config
-
     data = experiment(method, tasks, lr)
-    parse_config(data, str(path))  # raises ConfigError, naming the field, if the table is wrong
     if lr is None:
         lr, why = learning_rate(method)
     header = HEADER.format(method=method, lr=lr, why=why, config=_relative(path), out=_relative(out))
-    header = header.replace("-seed0.json", "-seedN.json")
-    text = header + yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=100)
-    if not path.is_file() or path.read_text(encoding="utf-8") != text:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
-        print(f"wrote {_relative(path)}", flush=True)
+    lr_search.write_config_file(path, header.replace("-seed0.json", "-seedN.json"), data)
 
 
 def select_learning_rates(methods: list[str], tasks: list[str], jobs: int, threads: int) -> list[str]:

@@ -54,3 +54,22 @@ def test_a_flat_score_grows_the_grid_upwards() -> None:
     assert lr_search.choose(flat) == 0.01
     assert lr_search.next_rate(flat, added=0, max_extensions=3, step=3.0) == 0.3
     assert lr_search.next_rate({0.01: 76.0, 0.03: 75.0, 0.1: 75.0}, added=0, max_extensions=3, step=3.0) == 0.00333
+
+
+def test_a_config_is_checked_before_it_is_written_and_rewritten_only_when_its_text_changes(tmp_path: Path) -> None:
+    import pytest
+
+    from peft_atlas.bench.config import ConfigError
+
+    path = tmp_path / "lora" / "micro.yaml"
+    data = {"method": {"name": "lora"}, "backbone": {"model": "vit_tiny_patch16_224"},
+            "data": {"kind": "micro", "tasks": ["dtd"]}, "train": {"lr": 0.01}}
+    lr_search.write_config_file(path, "# header\n", data)
+    assert path.read_text(encoding="utf-8").startswith("# header\nmethod:")
+    path.write_text(path.read_text(encoding="utf-8"), encoding="utf-8")
+    before = path.stat().st_mtime_ns
+    lr_search.write_config_file(path, "# header\n", data)
+    assert path.stat().st_mtime_ns == before
+    with pytest.raises(ConfigError, match="bad.yaml"):
+        lr_search.write_config_file(tmp_path / "bad.yaml", "# header\n", {**data, "train": {"lr": "fast"}})
+    assert not (tmp_path / "bad.yaml").exists()

@@ -43,6 +43,22 @@ def relative(path: Path) -> str:
         return str(path)
 
 
+def write_config_file(path: Path, header: str, data: dict[str, Any]) -> None:
+    """Write an experiment config under its comment header, only if its text changed.
+
+    Raises:
+        ConfigError: If `data` is not a valid config (names `path` and the field), before writing.
+    """
+    from .config import parse_config
+
+    parse_config(data, str(path))
+    text = header + yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=100)
+    if not path.is_file() or path.read_text(encoding="utf-8") != text:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        print(f"wrote {relative(path)}", flush=True)
+
+
 def measured_path(directory: Path, method: str, seed: int) -> Path:
     """Where the run of one method with one seed is written."""
     return directory / f"{method}-seed{seed}.json"
